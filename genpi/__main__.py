@@ -1,0 +1,3 @@
+from genpi.cli import main
+import sys
+sys.exit(main())

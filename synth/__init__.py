@@ -1,0 +1,1 @@
+"""Synthesis: role-swapped dialogues from one prompt, over any OpenAI-compatible server."""
