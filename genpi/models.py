@@ -65,6 +65,11 @@ def fetch_default_model(install: bool = True) -> Path:
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
     )
+    # The GGUF file carries no sampling defaults; without do_sample a server ignores the request's temperature
+    # and every call is greedy. A request with temperature 0 still turns sampling off.
+    model.generation_config.do_sample = True
+    model.generation_config.temperature = 0.7
+    model.generation_config.top_p = 0.95
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)

@@ -103,7 +103,7 @@ def parse_prompt(text: str, source: str = "<string>") -> AgentPrompt:
     if not text.strip():
         raise UserError(f"prompt file {source} is empty: write the agent's system prompt or transcript in it")
     stripped = text.strip()
-    if stripped.startswith("[") and stripped.endswith("]"):
+    if re.match(r"\[\s*[{\]]", stripped):  # a JSON list of objects (or an empty one)
         return _parse_chat(stripped, source)
     if _TURN.search(text):
         return _parse_transcript(text, source)

@@ -1,0 +1,144 @@
+"""Chat clients: a ``Protocol``, one implementation over the ``openai`` SDK, and a fake for tests.
+
+Synthesis speaks only the OpenAI chat protocol, so any compatible server works (OpenAI, vLLM, Ollama, llama.cpp,
+``transformers serve``). Transient failures (429, 5xx, timeouts, connection errors) are retried with exponential
+backoff and jitter; client errors (400, 401, 403, 404) are not, since retrying cannot fix them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from genpi.errors import UserError
+
+
+@dataclass
+class ChatResult:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+
+
+class ChatClient(Protocol):
+    """Anything that answers a list of chat messages."""
+
+    def chat(
+        self,
+        messages: list[dict],
+        *,
+        model: str,
+        temperature: float,
+        max_tokens: int,
+        seed: int | None = None,
+    ) -> ChatResult: ...
+
+
+class OpenAIChatClient:
+    """A chat client over the ``openai`` SDK with tenacity retries.
+
+    ``base_url`` and ``api_key`` default to ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` as the SDK does; the key
+    is held by the SDK client only and never written anywhere by genpi.
+    """
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout: float = 120.0, retries: int = 5):
+        import openai
+
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        # Local servers need no key, but the SDK insists on one being set.
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
+        # The SDK's own retries are off: tenacity below owns the policy, so it is the same for every server.
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=0)
+        self.retries = retries
+        self.retry_count = 0
+        self._lock = threading.Lock()
+
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None) -> ChatResult:
+        import openai
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+        def before_sleep(_state):
+            with self._lock:
+                self.retry_count += 1
+
+        kwargs = dict(model=model, messages=messages, temperature=temperature, max_tokens=max_tokens)
+        if seed is not None:
+            kwargs["seed"] = seed
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception(is_transient),
+                stop=stop_after_attempt(self.retries),
+                wait=wait_random_exponential(multiplier=0.5, max=20),
+                before_sleep=before_sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    response = self._client.chat.completions.create(**kwargs)
+        except openai.AuthenticationError:
+            raise UserError(f"the server at {self.base_url} refused the API key (401): set OPENAI_API_KEY") from None
+        except openai.APIConnectionError:
+            raise UserError(
+                f"cannot reach the chat server at {self.base_url}: start it or fix --base-url"
+            ) from None
+        choice = response.choices[0]
+        usage = response.usage
+        return ChatResult(
+            text=choice.message.content or "",
+            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            finish_reason=choice.finish_reason or "",
+        )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: rate limits, server errors, timeouts, dropped connections."""
+    import openai
+
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    return False
+
+
+@dataclass
+class FakeChatClient:
+    """A deterministic, offline chat client for unit tests and ``--dry-run`` style checks.
+
+    It answers by simple rules so that every synthesis step has something to parse: a numbered list of inputs
+    when asked for user inputs, an ``end_marker`` reply from the environment after ``end_after`` turns, and an
+    echo of the last message otherwise. Every call is kept in ``calls`` for assertions.
+    """
+
+    end_after: int = 2
+    end_marker: str = "<END>"
+    calls: list = field(default_factory=list)
+    fail_every: int = 0  # raise on every n-th call (0 = never): exercises error records
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None) -> ChatResult:
+        with self._lock:
+            self.calls.append({"messages": messages, "model": model, "seed": seed})
+            n = len(self.calls)
+        if self.fail_every and n % self.fail_every == 0:
+            raise RuntimeError(f"injected failure on call {n}")
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+        last = messages[-1]["content"]
+        m = re.search(r"Write (\d+) new requests", last)
+        if m:
+            base = (seed or 0) * 1000
+            text = "\n".join(f"{i + 1}. Request number {base + i} about topic {(base + i) * 7 % 101}" for i in range(int(m.group(1))))
+        elif "[ROLE PLAY]" in system:
+            turns = sum(1 for x in messages if x["role"] == "user" and x["content"].startswith("answer("))
+            text = f"env reply {turns} to: {last[:40]}" + (f" {self.end_marker}" if turns >= self.end_after else "")
+        elif "[REASON]" in last:
+            text = "The prompt requires a different format."
+        else:
+            text = f"answer({model}): {last[:60]}"
+        return ChatResult(text=text, prompt_tokens=sum(len(x["content"].split()) for x in messages), completion_tokens=len(text.split()), finish_reason="stop")

@@ -1,0 +1,142 @@
+"""The on-disk store of a synthesis run: ``run.json`` plus append-only JSONL files.
+
+Every line is appended, flushed and fsynced as soon as its record is complete, so a crash or a kill loses no
+finished work. On reopening, a torn last line (a write cut short by a kill) is cut off and redone; a run whose
+config signature differs is refused unless the caller asks to overwrite it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from genpi.errors import UserError
+
+RUN_FILE = "run.json"
+INPUTS_FILE = "inputs.jsonl"
+RECORDS_FILE = "records.jsonl"
+
+
+def stable_id(*parts) -> str:
+    """A deterministic id: the same parts give the same id in every run."""
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSONL file, repairing a torn last line in place; a bad line elsewhere is an error."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    rows, good_end, pos = [], 0, 0
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        is_last = i == len(lines) - 1
+        end = pos + len(line) + (0 if is_last else 1)
+        if line.strip():
+            try:
+                if is_last:
+                    raise ValueError("no newline: the write was cut short")
+                rows.append(json.loads(line))
+            except ValueError:
+                if not is_last and any(l.strip() for l in lines[i + 1 :]):
+                    raise UserError(
+                        f"{path}, line {i + 1} is not valid JSON: fix or delete that line, or rerun with --overwrite"
+                    ) from None
+                break
+        good_end = end
+        pos = end
+    if good_end < len(data):
+        with open(path, "r+b") as f:  # cut the torn tail so the next append starts on a clean line
+            f.truncate(good_end)
+    return rows
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunStore:
+    """A run directory: open it for a config signature, then append inputs and records."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+
+    @property
+    def run_file(self) -> Path:
+        return self.dir / RUN_FILE
+
+    def open(self, signature: dict, overwrite: bool = False) -> dict:
+        """Create the run, or check that an existing one was made with the same signature.
+
+        Returns the existing ``run.json`` content (empty for a new run).
+        """
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UserError(f"--out {self.dir} is a file: choose a directory path")
+        info = {}
+        if self.run_file.exists():
+            try:
+                info = json.loads(self.run_file.read_text(encoding="utf-8"))
+            except ValueError:
+                raise UserError(f"{self.run_file} is not valid JSON: delete the run directory or pass --overwrite") from None
+            if info.get("signature") != signature:
+                if not overwrite:
+                    changed = _diff_keys(info.get("signature") or {}, signature)
+                    raise UserError(
+                        f"{self.dir} was made with a different config ({', '.join(changed)} changed): "
+                        "rerun with the same settings to resume, pass --overwrite to start over, or choose another --out"
+                    )
+                shutil.rmtree(self.dir)
+                info = {}
+        elif self.dir.exists() and any(self.dir.iterdir()) and not overwrite:
+            raise UserError(f"--out {self.dir} exists and is not a genpi run: choose another directory or pass --overwrite")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return info
+
+    def write_info(self, info: dict) -> None:
+        write_json_atomic(self.run_file, info)
+
+    def inputs(self) -> list[dict]:
+        return read_jsonl(self.dir / INPUTS_FILE)
+
+    def records(self) -> list[dict]:
+        return read_jsonl(self.dir / RECORDS_FILE)
+
+    def append_input_call(self, row: dict) -> None:
+        append_jsonl(self.dir / INPUTS_FILE, row)
+
+    def append_record(self, row: dict) -> None:
+        append_jsonl(self.dir / RECORDS_FILE, row)
+
+
+def _diff_keys(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["signature"]
+
+
+def load_run(run_dir: str | Path):
+    """Load a synthesis run: ``(run_info, records)`` with ``records`` a ``datasets.Dataset``.
+
+    This is the one documented call for using a run directory as a Hugging Face dataset; it goes through
+    ``datasets.load_dataset("json", ...)``, so the result can be saved or pushed like any dataset.
+    """
+    run_dir = Path(run_dir)
+    run_file, records_file = run_dir / RUN_FILE, run_dir / RECORDS_FILE
+    if not run_file.exists() or not records_file.exists():
+        raise UserError(f"{run_dir} is not a synthesis run (no run.json/records.jsonl): run `genpi synth --out {run_dir}` first")
+    info = json.loads(run_file.read_text(encoding="utf-8"))
+    read_jsonl(records_file)  # repair a torn tail before datasets reads the file
+    from datasets import load_dataset
+
+    records = load_dataset("json", data_files=str(records_file), split="train")
+    return info, records

@@ -1,0 +1,56 @@
+"""The CLI in-process: every subcommand's --help, and user errors as one line with a non-zero exit."""
+
+import pytest
+
+from genpi.cli import build_parser, main
+
+
+def _subcommands():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sorted(sub.choices)
+
+
+def test_top_level_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "synth" in out and "examples:" in out
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage: genpi " + command in capsys.readouterr().out
+
+
+def test_synth_help_lists_its_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--prompt", "--base-url", "--num-inputs", "--max-turns", "--concurrency", "--seed", "--dry-run", "--overwrite"):
+        assert flag in out
+
+
+def test_unknown_flag_fails(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["synth", "--prompt", "x.txt", "--num-inptus", "3"])
+    assert e.value.code == 2
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path, capsys):
+    code = main(["synth", "--prompt", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "nope.txt does not exist" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_from_the_cli(tmp_path, capsys):
+    code = main(["synth", "--prompt", "examples/support_agent.txt", "--out", str(tmp_path / "run"), "--dry-run"])
+    assert code == 0
+    assert "Northwind Rail" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,212 @@
+"""Synthesis with the fake client: role swap, dedup, store, resume (no model, seconds)."""
+
+import json
+
+import pytest
+
+from genpi.config import SynthConfig
+from genpi.errors import UserError
+from genpi.prompt import load_prompt, parse_prompt
+from genpi.synth import roles
+from genpi.synth.client import ChatResult, FakeChatClient
+from genpi.synth.dedup import Deduplicator
+from genpi.synth.pipeline import synthesize
+from genpi.synth.store import load_run, read_jsonl
+
+BASH = "examples/bash_agent.txt"
+SUPPORT = "examples/support_agent.txt"
+
+
+def cfg(tmp_path, prompt=BASH, **kw):
+    return SynthConfig(prompt=prompt, out=str(tmp_path / "run"), **{"num_inputs": 6, "max_turns": 3, "concurrency": 3, **kw})
+
+
+def test_role_swap_inverts_demonstrations_and_relays_agent_text_verbatim():
+    p = load_prompt(BASH)
+    agent_text = "Think: look.\nAct: bash\n```bash\nls -la /tmp  \n```\n"  # trailing spaces and newline kept
+    dialogue = [{"role": "user", "content": "list /tmp"}, {"role": "assistant", "content": agent_text}]
+    env = roles.environment_messages(p, dialogue, "<END>")
+    assert env[0]["role"] == "system" and "[ROLE PLAY]" in env[0]["content"]
+    demos = p.demonstrations
+    assert [m["role"] for m in env[1 : 1 + len(demos)]] == ["assistant" if m["role"] == "user" else "user" for m in demos]
+    assert [m["content"] for m in env[1 : 1 + len(demos)]] == [m["content"] for m in demos]
+    assert env[-2] == {"role": "assistant", "content": p.teacher_messages("list /tmp")[-1]["content"]}
+    assert env[-1] == {"role": "user", "content": agent_text}
+
+
+def test_role_swap_for_plain_prompt_plays_the_user():
+    p = load_prompt(SUPPORT)
+    dialogue = [{"role": "user", "content": "my train was late"}, {"role": "assistant", "content": '{"a": 1}'}]
+    env = roles.environment_messages(p, dialogue, "<END>")
+    assert "You play the user" in env[0]["content"]
+    assert env[1:] == [{"role": "assistant", "content": "my train was late"}, {"role": "user", "content": '{"a": 1}'}]
+
+
+def test_agent_sees_prompt_then_dialogue():
+    p = load_prompt(BASH)
+    dialogue = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a1"}, {"role": "user", "content": "o1"}]
+    msgs = roles.agent_messages(p, dialogue)
+    assert msgs[: len(p.messages)] == list(p.messages)
+    assert msgs[len(p.messages)]["content"].endswith("\n\nq")
+    assert msgs[-2:] == dialogue[1:]
+    assert roles.as_is_messages("q") == [{"role": "user", "content": "q"}]
+
+
+def test_dialogue_relays_agent_message_to_environment(tmp_path):
+    fake = FakeChatClient(end_after=2)
+    records = synthesize(cfg(tmp_path, num_inputs=2), client=fake)
+    env_calls = [c for c in fake.calls if "[ROLE PLAY]" in c["messages"][0]["content"]]
+    assert env_calls
+    for rec in records:
+        agent_turns = [m["content"] for m in rec["dialogue"] if m["role"] == "assistant"]
+        for turn, text in enumerate(agent_turns[:-1]):
+            # the environment call for this turn received exactly this agent text as its last message
+            assert any(c["messages"][-1] == {"role": "user", "content": text} for c in env_calls)
+        assert rec["to_be"] == agent_turns[0]
+        assert rec["finish"] == "end" and len(agent_turns) == 2
+
+
+def test_max_turns_stops_dialogue(tmp_path):
+    records = synthesize(cfg(tmp_path, num_inputs=2, max_turns=2), client=FakeChatClient(end_after=99))
+    for rec in records:
+        assert rec["finish"] == "max_turns"
+        assert [m["role"] for m in rec["dialogue"]] == ["user", "assistant", "user", "assistant"]
+
+
+def test_dedup_drops_exact_and_near_duplicates():
+    d = Deduplicator()
+    assert d.add("How many files are in /tmp?")
+    assert not d.add("how many files are in /tmp")
+    assert not d.add("How many files are there in /tmp?")
+    assert d.add("Delete the empty files in /var/cache.")
+    assert not d.add("   ")
+
+
+def test_parse_inputs_strips_numbering_and_drops_headers():
+    text = "Here are the requests:\n1. Count the lines in a.txt\n2) \"Find big files in /var\"\n- List users on the box\nok\n"
+    assert roles.parse_inputs(text) == ["Count the lines in a.txt", "Find big files in /var", "List users on the box"]
+
+
+class RepeatingClient(FakeChatClient):
+    """Proposes the same inputs on every call: the run must stop asking, not loop."""
+
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None):
+        if "new requests" in messages[-1]["content"]:
+            return ChatResult("1. Count the lines in /etc/passwd\n2. count the lines in /etc/passwd!")
+        return super().chat(messages, model=model, temperature=temperature, max_tokens=max_tokens, seed=seed)
+
+
+def test_repeating_synth_model_ends_with_fewer_inputs(tmp_path):
+    records = synthesize(cfg(tmp_path, num_inputs=5), client=RepeatingClient())
+    assert len(records) == 1
+    calls = read_jsonl(tmp_path / "run" / "inputs.jsonl")
+    assert sum(len(c["accepted"]) for c in calls) == 1 and calls[1]["rejected"]
+
+
+def test_records_have_the_documented_shape_and_load_as_dataset(tmp_path):
+    synthesize(cfg(tmp_path), client=FakeChatClient())
+    info, ds = load_run(tmp_path / "run")
+    assert len(ds) == 6
+    assert set(ds.column_names) == {"id", "index", "input", "as_is", "to_be", "reason", "dialogue", "finish", "meta"}
+    assert info["prompt_hash"] == load_prompt(BASH).hash
+    assert info["counts"]["records"] == 6
+    assert sorted(ds["index"]) == list(range(6))
+
+
+def test_resume_after_torn_write_produces_exactly_the_missing_records(tmp_path):
+    c = cfg(tmp_path)
+    first = synthesize(c, client=FakeChatClient())
+    path = tmp_path / "run" / "records.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    kept = lines[:3]
+    path.write_bytes(b"".join(kept) + lines[3][: len(lines[3]) // 2])  # a kill in the middle of a write
+    fake = FakeChatClient()
+    again = synthesize(c, client=fake)
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    assert len(rows) == 6 and len({r["id"] for r in rows}) == 6
+    assert {r["id"] for r in rows} == {r["id"] for r in first} == {r["id"] for r in again}
+    # only the three missing records were made again: no new input calls, three AS-IS calls
+    assert not any("new requests" in call["messages"][-1]["content"] for call in fake.calls)
+    reasons = [call for call in fake.calls if "[REASON]" in call["messages"][-1]["content"]]
+    assert len(reasons) == 3
+
+
+def test_rerun_of_a_finished_run_sends_nothing(tmp_path):
+    synthesize(cfg(tmp_path), client=FakeChatClient())
+    fake = FakeChatClient()
+    synthesize(cfg(tmp_path), client=fake)
+    assert fake.calls == []
+
+
+def test_more_inputs_on_rerun_extends_the_run(tmp_path):
+    synthesize(cfg(tmp_path, num_inputs=3), client=FakeChatClient())
+    records = synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient())
+    assert len(records) == 6 and len({r["id"] for r in records}) == 6
+
+
+def test_changed_config_refuses_to_resume(tmp_path):
+    synthesize(cfg(tmp_path), client=FakeChatClient())
+    with pytest.raises(UserError, match="different config \\(max_turns changed\\)"):
+        synthesize(cfg(tmp_path, max_turns=4), client=FakeChatClient())
+    records = synthesize(cfg(tmp_path, max_turns=4, overwrite=True), client=FakeChatClient())
+    assert len(records) == 6
+
+
+def test_changed_prompt_refuses_to_resume(tmp_path):
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("You are agent A. Always answer in French, in one short sentence.")
+    synthesize(cfg(tmp_path, prompt=str(prompt)), client=FakeChatClient())
+    prompt.write_text("You are agent B. Always answer in German.")
+    with pytest.raises(UserError, match="prompt_hash"):
+        synthesize(cfg(tmp_path, prompt=str(prompt)), client=FakeChatClient())
+
+
+def test_failed_generation_is_kept_with_its_error(tmp_path):
+    records = synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient(fail_every=7))
+    errors = [r for r in records if r["finish"] == "error"]
+    assert errors and all("injected failure" in r["meta"]["error"] for r in errors)
+    assert len(records) == 6
+
+
+def test_dry_run_prints_messages_and_writes_nothing(tmp_path, capsys):
+    fake = FakeChatClient()
+    synthesize(cfg(tmp_path, dry_run=True), client=fake)
+    out = capsys.readouterr().out
+    assert fake.calls == [] and not (tmp_path / "run").exists()
+    for title in ("1. inputs", "2a. AS-IS", "2b. TO-BE", "3. environment", "4. reason"):
+        assert title in out
+    assert "ShellPilot" in out
+
+
+def test_seed_inputs_are_shown_to_the_synth_model(tmp_path):
+    fake = FakeChatClient()
+    synthesize(cfg(tmp_path, num_inputs=2, seed_inputs="examples/bash_agent.seeds.txt"), client=fake)
+    first = fake.calls[0]["messages"][-1]["content"]
+    assert "How many lines does the file /etc/passwd have?" in first
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"num_inputs": 0}, "--num-inputs must be at least 1"),
+    ({"prompt": ""}, "no prompt given"),
+    ({"seed_inputs": "nope.txt"}, "seed inputs file nope.txt does not exist"),
+    ({"prompt": "missing.txt"}, "prompt file missing.txt does not exist"),
+])
+def test_bad_settings_are_user_errors(tmp_path, kw, needle):
+    with pytest.raises(UserError, match=needle):
+        synthesize(cfg(tmp_path, **kw), client=FakeChatClient())
+    assert not (tmp_path / "run").exists()
+
+
+def test_read_jsonl_refuses_a_corrupt_middle_line(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    with pytest.raises(UserError, match="line 2 is not valid JSON"):
+        read_jsonl(f)
+
+
+def test_plain_prompt_records(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_text("You answer in JSON.")
+    records = synthesize(cfg(tmp_path, prompt=str(p), num_inputs=3), client=FakeChatClient())
+    assert len(records) == 3 and all(r["reason"] for r in records)
+    assert parse_prompt("You answer in JSON.").hash == json.loads((tmp_path / "run" / "run.json").read_text())["prompt_hash"]
