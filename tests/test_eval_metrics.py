@@ -1,0 +1,212 @@
+"""Unit tests of the evaluation's pure functions: ROUGE-L, exact match, protocol checkers, recovery ratio."""
+
+import random
+
+import pytest
+
+from genpi.eval.checkers import bash_protocol, get_checker, json_shape
+from genpi.eval.metrics import exact_match, lcs_length, rouge_l, tokenize
+from genpi.eval.recovery import recovery
+from genpi.errors import UserError
+from genpi.prompt import load_prompt
+from eval_fixtures import BASH_PROMPT
+
+# --- ROUGE-L and exact match
+
+
+def _lcs_table(a, b):
+    """Textbook dynamic programme, the reference for the bit-parallel implementation."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def test_lcs_matches_dynamic_programme_on_random_sequences():
+    rng = random.Random(0)
+    for _ in range(500):
+        a = [rng.choice("abcd") for _ in range(rng.randint(0, 30))]
+        b = [rng.choice("abcde") for _ in range(rng.randint(0, 30))]
+        assert lcs_length(a, b) == _lcs_table(a, b), (a, b)
+
+
+def test_lcs_hand_cases():
+    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
+    assert lcs_length([], ["x"]) == 0
+    assert lcs_length(["x"] * 70, ["x"] * 65) == 65  # more than 64 positions: big-integer bit vectors
+
+
+def test_rouge_l_hand_computed():
+    # LCS "the cat on the mat" = 5 of 6 tokens each way: P = R = F = 5/6
+    assert rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
+    # precision 2/2, recall 2/4: F = 2 * 1 * 0.5 / 1.5
+    assert rouge_l("cat mat", "the cat the mat") == pytest.approx(2 / 3)
+
+
+def test_rouge_l_bounds_and_edge_cases():
+    assert rouge_l("Act: finish", "act:   FINISH") == 1.0  # case and spacing do not matter
+    assert rouge_l("alpha beta", "gamma delta") == 0.0
+    assert rouge_l("", "") == 1.0
+    assert rouge_l("", "something") == 0.0
+    assert rouge_l("something", "") == 0.0
+
+
+def test_punctuation_is_part_of_the_shape():
+    assert tokenize("Act: answer(17)") == ["act", ":", "answer", "(", "17", ")"]
+    assert rouge_l("Act finish", "Act: finish") == pytest.approx(0.8)  # P = 1, R = 2/3
+
+
+def test_exact_match():
+    assert exact_match("Think: x\nAct: finish", "  Think: x \n Act: finish\n") == 1.0
+    assert exact_match("Act: finish", "Act: Finish") == 0.0
+    assert exact_match("", "") == 1.0
+    assert exact_match("a", "") == 0.0
+
+
+# --- bash_protocol
+
+BASH_OK = [
+    "Think: I count the files.\nAct: bash\n```bash\nfind /var -name '*.log' | wc -l\n```",
+    "Think: The count is 17.\nAct: answer(17)",
+    "Think: The directory exists and the files are copied.\nAct: finish",
+    "\n  Think: Two lines of command.\nAct: bash\n```bash\ncd /tmp &&\nls\n```\n",  # surrounding whitespace ignored
+    "Think: Nested parentheses are part of the answer.\nAct: answer(f(x))",
+]
+
+BASH_BAD = [
+    ("", "empty reply"),
+    ("Sure! Think: I count.\nAct: finish", "text before Think:"),
+    ("Here you go:\nThink: I count.\nAct: finish", "text before Think:"),
+    ("I would run ls.", "no Think: line"),
+    ("Think:\nAct: finish", "empty Think: line"),
+    ("Think: I count.", "no Act: line after Think:"),
+    ("Think: I count.\nLet me see.\nAct: finish", "text between Think: and Act:"),
+    ("Think: I count.\nAct: bash\nls /tmp", "Act: bash without a fenced bash block"),
+    ("Think: I count.\nAct: bash\n```bash\nls /tmp\n```\nThe output will show the files.", "malformed bash block or text after it"),
+    ("Think: I count.\nAct: bash\n```sh\nls /tmp\n```", "malformed bash block or text after it"),
+    ("Think: I count.\nAct: bash\n```bash\n \n```", "empty bash command"),
+    ("Think: I count.\nAct: bash\n```bash\nls\n```\n```bash\npwd\n```", "more than one fenced block"),
+    ("Think: Done.\nAct: answer()", "empty answer()"),
+    ("Think: Done.\nAct: answer(17) files", "malformed answer(...) or text after it"),
+    ("Think: Done.\nAct: answer 17", "malformed answer(...) or text after it"),
+    ("Think: Done.\nAct: finish\nAll done!", "text after Act: finish"),
+    ("Think: Done.\nAct: run ls", "unknown action (not bash, answer(...) or finish)"),
+]
+
+
+@pytest.mark.parametrize("reply", BASH_OK)
+def test_bash_protocol_accepts(reply):
+    assert bash_protocol(reply).ok, bash_protocol(reply)
+
+
+@pytest.mark.parametrize("reply,reason", BASH_BAD)
+def test_bash_protocol_rejects_with_reason(reply, reason):
+    check = bash_protocol(reply)
+    assert not check.ok
+    assert check.reason == reason
+
+
+def test_bash_protocol_accepts_every_demonstration_of_the_example_prompt():
+    prompt = load_prompt(BASH_PROMPT)
+    agent_turns = [m["content"] for m in prompt.demonstrations if m["role"] == "assistant"]
+    assert len(agent_turns) >= 5
+    for turn in agent_turns:
+        assert bash_protocol(turn).ok, (turn, bash_protocol(turn))
+
+
+# --- json_shape
+
+GOOD_JSON = '{"category": "delays", "priority": "normal", "answer": "You can claim 25% in the app.", "escalate": false}'
+
+JSON_BAD = [
+    ("", "empty reply"),
+    ("```json\n" + GOOD_JSON + "\n```", "code fence around the JSON"),
+    ("Here is my answer: " + GOOD_JSON, "text around the JSON object"),
+    (GOOD_JSON + "\nHope this helps!", "text around the JSON object"),
+    ("category: delays", "not valid JSON"),
+    ('["delays", "normal"]', "JSON is not an object"),
+    ('{"category": "delays", "priority": "normal", "answer": "x"}', "missing key"),
+    ('{"category": "delays", "priority": "normal", "answer": "x", "escalate": false, "refund": 3}', "extra key"),
+    ('{"category": "delays", "urgency": "normal", "answer": "x", "escalate": false}', "wrong keys"),
+    ('{"priority": "normal", "category": "delays", "answer": "x", "escalate": false}', "keys out of order"),
+    ('{"category": "delays", "category": "other", "priority": "normal", "answer": "x", "escalate": false}', "duplicate key"),
+    ('{"category": "trains", "priority": "normal", "answer": "x", "escalate": false}', "category not allowed"),
+    ('{"category": "delays", "priority": "urgent", "answer": "x", "escalate": false}', "priority not allowed"),
+    ('{"category": "delays", "priority": "normal", "answer": " ", "escalate": false}', "answer not a non-empty string"),
+    ('{"category": "delays", "priority": "normal", "answer": "x", "escalate": "false"}', "escalate not a boolean"),
+    # the placeholder object the support prompt itself shows is not a valid reply
+    ('{"category": "...", "priority": "...", "answer": "...", "escalate": false}', "category not allowed"),
+]
+
+
+def test_json_shape_accepts():
+    assert json_shape(GOOD_JSON).ok
+    assert json_shape("\n" + GOOD_JSON.replace("false", "true") + "\n").ok
+
+
+@pytest.mark.parametrize("reply,reason", JSON_BAD)
+def test_json_shape_rejects_with_reason(reply, reason):
+    check = json_shape(reply)
+    assert not check.ok
+    assert check.reason == reason
+
+
+def test_unknown_checker_is_a_user_error():
+    assert get_checker("json_shape") is json_shape
+    with pytest.raises(UserError, match="unknown checker 'bash'.*bash_protocol, json_shape"):
+        get_checker("bash")
+
+
+# --- recovery ratio
+
+
+def test_recovery_defined():
+    prompted, unprompted = [1.0] * 10, [0.0] * 10
+    system = [1.0] * 5 + [0.0] * 5
+    r = recovery(prompted, unprompted, system)
+    assert r["defined"] and r["ratio"] == pytest.approx(0.5)
+    assert r["gap"] == pytest.approx(1.0)
+    assert r["ratio_ci"][0] <= 0.5 <= r["ratio_ci"][1]
+    assert r["n"] == 10
+
+
+def test_recovery_is_not_clipped():
+    r = recovery([0.6, 0.7, 0.8, 0.7], [0.1, 0.2, 0.1, 0.2], [0.9, 0.9, 1.0, 0.9])
+    assert r["defined"] and r["ratio"] > 1
+    r = recovery([0.6, 0.7, 0.8, 0.7], [0.1, 0.2, 0.1, 0.2], [0.0, 0.0, 0.1, 0.0])
+    assert r["defined"] and r["ratio"] < 0
+
+
+def test_recovery_undefined_when_bounds_are_equal():
+    r = recovery([0.5] * 8, [0.5] * 8, [0.9] * 8)
+    assert r["ratio"] is None and not r["defined"]
+    assert "noise floor" in r["reason"]
+
+
+def test_recovery_undefined_below_the_noise_floor():
+    r = recovery([0.51] * 8, [0.50] * 8, [0.9] * 8, noise_floor=0.02)
+    assert r["ratio"] is None and "noise floor" in r["reason"]
+    assert recovery([0.51] * 8, [0.50] * 8, [0.9] * 8, noise_floor=0.0)["defined"]
+
+
+def test_recovery_undefined_when_the_bootstrap_interval_contains_zero():
+    # the whole gap of 0.1 comes from one item of ten: resamples without it (~35%) have no gap at all
+    prompted = [1.0] + [0.0] * 9
+    r = recovery(prompted, [0.0] * 10, [0.0] * 10)
+    assert r["gap"] == pytest.approx(0.1)
+    assert r["ratio"] is None and "bootstrap" in r["reason"]
+    assert r["gap_ci"][0] <= 0 <= r["gap_ci"][1]
+
+
+def test_recovery_undefined_with_fewer_than_two_items():
+    assert recovery([1.0], [0.0], [1.0])["ratio"] is None
+    empty = recovery([], [], [])
+    assert empty["ratio"] is None and empty["n"] == 0
+
+
+def test_recovery_rejects_unpaired_scores():
+    with pytest.raises(ValueError):
+        recovery([1.0, 1.0], [0.0], [0.5, 0.5])
