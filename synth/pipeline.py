@@ -126,11 +126,18 @@ def gather_inputs(syn: Synthesizer, store: RunStore, seeds: list[str], progress)
     c = syn.config
     done = store.inputs()
     dedup = Deduplicator()
-    for s in seeds:
-        dedup.add(s)
     inputs = [row["input"] for call in done for row in call["accepted"]]
     for text in inputs:
         dedup.add(text)
+    if seeds and not done:
+        # Seed inputs are real user inputs: they come first, as call -1, and the synth model adds to them.
+        accepted = []
+        for text in seeds:
+            if len(inputs) < c.num_inputs and dedup.add(text):
+                accepted.append({"id": stable_id(syn.prompt.hash, "input", len(inputs)), "index": len(inputs), "input": text})
+                inputs.append(text)
+        store.append_input_call({"call": -1, "raw": "", "accepted": accepted, "rejected": []})
+        done = [{"call": -1}]
     next_call = max((call["call"] for call in done), default=-1) + 1
     stale = 0
     # A small model repeats itself: give up after enough rounds that brought nothing new.
@@ -138,7 +145,7 @@ def gather_inputs(syn: Synthesizer, store: RunStore, seeds: list[str], progress)
     task = progress.add_task("inputs", total=c.num_inputs, completed=min(len(inputs), c.num_inputs), rate="")
     with ThreadPoolExecutor(max_workers=c.concurrency) as pool:
         while len(inputs) < c.num_inputs and next_call < max_calls:
-            examples = (seeds + inputs)[-12:]
+            examples = inputs[-12:]
             calls = list(range(next_call, next_call + c.concurrency))
             results = list(pool.map(lambda k: syn.propose_inputs(k, examples), calls))
             new_total = 0

@@ -178,11 +178,15 @@ def test_dry_run_prints_messages_and_writes_nothing(tmp_path, capsys):
     assert "ShellPilot" in out
 
 
-def test_seed_inputs_are_shown_to_the_synth_model(tmp_path):
+def test_seed_inputs_come_first_and_are_shown_to_the_synth_model(tmp_path):
     fake = FakeChatClient()
-    synthesize(cfg(tmp_path, num_inputs=2, seed_inputs="examples/bash_agent.seeds.txt"), client=fake)
+    seeds = [l for l in open("examples/bash_agent.seeds.txt").read().splitlines() if l.strip()]
+    records = synthesize(cfg(tmp_path, num_inputs=len(seeds) + 2, seed_inputs="examples/bash_agent.seeds.txt"), client=fake)
+    by_index = sorted(records, key=lambda r: r["index"])
+    assert [r["input"] for r in by_index[: len(seeds)]] == seeds
     first = fake.calls[0]["messages"][-1]["content"]
-    assert "How many lines does the file /etc/passwd have?" in first
+    assert "new requests" in first and "How many lines does the file /etc/passwd have?" in first
+    assert len(records) == len(seeds) + 2
 
 
 @pytest.mark.parametrize("kw,needle", [
