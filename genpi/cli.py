@@ -33,6 +33,63 @@ def _cmd_models_fetch(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from genpi.config import TrainConfig
+    from genpi.train import train
+
+    train(from_args(TrainConfig, args))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from genpi.export import export
+
+    print(export(args.adapter, args.output, merge=args.merge, overwrite=args.overwrite))
+    return 0
+
+
+TRAIN_EPILOG = """examples:
+  genpi train --data runs/bash --strategy genpi --output adapters/bash
+  genpi train --data runs/bash --strategy seqkd_kl --model HuggingFaceTB/SmolLM2-135M-Instruct --output adapters/bash-kl
+  genpi train --data runs/bash --strategy genpi --w-pg 0.5 --max-steps 200 --output adapters/bash --resume
+  accelerate launch -m genpi train --data runs/bash --strategy genpi --output adapters/bash   # several processes
+"""
+EXPORT_EPILOG = """examples:
+  genpi export --adapter adapters/bash --merge --output models/bash-merged
+  genpi export --adapter adapters/bash --output serve/bash   # the adapter alone, for vLLM multi-LoRA serving
+"""
+
+
+def _add_train_parsers(sub) -> None:
+    from genpi.config import TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train an adapter on a synthesis run (GenPI joint loss or a baseline)",
+        description="Train a LoRA adapter on a synthesis run with a strategy preset: genpi (behaviour + prompt "
+        "generation), seqkd (behaviour only), seqkd_kl / genpi_kl (plus a KL term to the prompted base model) or "
+        "prepend (the prompt kept in context). Writes a PEFT adapter, genpi.json and loss.png to --output.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p, TrainConfig)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained adapter, merged into its base model or alone",
+        description="Copy a trained adapter without its checkpoints, or with --merge fold it into the base model "
+        "and write a full model directory that loads without PEFT.",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--adapter", required=True, metavar="DIR", help="adapter directory from `genpi train`")
+    p.add_argument("--output", required=True, metavar="DIR", help="directory to write")
+    p.add_argument("--merge", action="store_true", help="merge the adapter into the base model's weights")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    p.set_defaults(func=_cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genpi",
@@ -54,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(p, SynthConfig)
     p.set_defaults(func=_cmd_synth)
+
+    _add_train_parsers(sub)
 
     p = sub.add_parser("models", help="manage the embedded default model")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -51,9 +52,77 @@ class SynthConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in keep}
 
 
+# Strategy presets: data views and loss weights. `prepend_share` is the share of behaviour examples that keep the
+# prompt in their context (its tokens unsupervised); 1.0 and 0.5 are the paper's prepend baselines.
+STRATEGIES = {
+    "genpi": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "prepend_share": 0.0},
+    "seqkd": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "prepend_share": 0.0},
+    "seqkd_kl": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 1.0, "prepend_share": 0.0},
+    "genpi_kl": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 1.0, "prepend_share": 0.0},
+    "prepend": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "prepend_share": 1.0},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Training an adapter on a synthesis run: the GenPI joint loss, or a baseline, as a strategy preset."""
+
+    data: str = _f("", "synthesis run directory (written by `genpi synth --out`)")
+    output: str = _f("adapters/genpi", "output directory: PEFT adapter, genpi.json, loss.png and checkpoints/")
+    strategy: str = _f("genpi", "preset of views and weights: " + ", ".join(STRATEGIES))
+    model: str = _f("default", "base model to train: the model that played the agent in synthesis")
+    w_sft: float | None = _f(None, "weight of the behaviour loss (default: the strategy's)")
+    w_pg: float | None = _f(None, "weight of the prompt-generation loss (default: the strategy's)")
+    w_kl: float | None = _f(None, "weight of the KL term to the prompted teacher (default: the strategy's)")
+    prepend_share: float | None = _f(None, "share of behaviour examples that keep the prompt in context (default: the strategy's)")
+    kl_beta: float = _f(0.5, "generalized JSD mix: 0 = KL(teacher||student), 1 = KL(student||teacher)")
+    kl_temperature: float = _f(1.0, "softmax temperature of both distributions in the KL term")
+    student_context: str = _f("", "messages before each input at training and inference, as JSON (default none: the template's own)")
+    max_length: int = _f(2048, "tokens per example at most; a prompt-generation target must fit whole")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    lora_target: str = _f("all-linear", "modules that get LoRA: 'all-linear' (every linear layer but the head) or a comma list")
+    learning_rate: float = _f(1e-4, "peak learning rate")
+    lr_scheduler: str = _f("cosine", "learning-rate schedule (a transformers scheduler name)")
+    warmup_ratio: float = _f(0.03, "share of the steps spent warming up")
+    epochs: float = _f(3.0, "passes over the records")
+    max_steps: int = _f(-1, "optimizer steps in total; overrides --epochs when positive")
+    batch_size: int = _f(4, "records per device per micro-step (each gives a behaviour and a prompt-generation row)")
+    grad_accum: int = _f(1, "micro-steps per optimizer step")
+    precision: str = _f("auto", "auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16")
+    gradient_checkpointing: str = _f("auto", "auto (on with a GPU, off on CPU where it only slows training), on or off")
+    logging_steps: int = _f(1, "optimizer steps between loss logs")
+    save_steps: int = _f(50, "optimizer steps between checkpoints")
+    save_total_limit: int = _f(2, "checkpoints kept")
+    resume: bool = _f(False, "continue from the last checkpoint in --output")
+    overwrite: bool = _f(False, "replace an existing --output instead of refusing")
+    seed: int = _f(0, "seed for LoRA init, shuffling and the prepend selection")
+    dry_run: bool = _f(False, "print one example of each view with its supervised spans in [[...]], train nothing")
+
+    def weights(self) -> dict:
+        """The strategy's preset with any weight given explicitly put over it."""
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"unknown --strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        out = dict(STRATEGIES[self.strategy])
+        for key in out:
+            if getattr(self, key) is not None:
+                out[key] = float(getattr(self, key))
+        return out
+
+    def signature(self) -> dict:
+        """The fields a resumed run must share with the run that wrote its checkpoints."""
+        keep = ("output", "resume", "overwrite", "dry_run", "epochs", "max_steps", "logging_steps", "save_steps",
+                "save_total_limit")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in keep}
+
+
 def _type_of(cls, f: dataclasses.Field):
     hints = typing.get_type_hints(cls)
-    return hints[f.name]
+    typ = hints[f.name]
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # `float | None`: None means "not given"
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+    return typ
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:

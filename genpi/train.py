@@ -1,0 +1,275 @@
+"""``train(config)``: a synthesis run in, a PEFT adapter with ``genpi.json`` and ``loss.png`` out.
+
+The CLI, recipes and tests all call this one function. It runs unchanged under ``accelerate launch`` (DDP, FSDP,
+DeepSpeed): every process builds the same views; only the main process writes files and prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from genpi import __version__
+from genpi.config import TrainConfig
+from genpi.errors import UserError
+
+GENPI_FILE = "genpi.json"
+CHECKPOINTS = "checkpoints"
+SIGNATURE_FILE = "genpi_train.json"
+LOSS_KEYS = ("loss/sft", "loss/pg", "loss/kl")
+
+
+def _validate(c: TrainConfig) -> dict:
+    weights = c.weights()
+    if not c.data:
+        raise UserError("no synthesis run given: pass --data RUN_DIR (the --out of `genpi synth`)")
+    for key in ("w_sft", "w_pg", "w_kl"):
+        if weights[key] < 0:
+            raise UserError(f"--{key.replace('_', '-')} is {weights[key]}: loss weights must be 0 or more")
+    if not weights["w_sft"] + weights["w_pg"] + weights["w_kl"] > 0:
+        raise UserError("every loss weight is 0: give --w-sft, --w-pg or --w-kl a positive value")
+    if not 0.0 <= weights["prepend_share"] <= 1.0:
+        raise UserError(f"--prepend-share is {weights['prepend_share']}: give a share between 0 and 1")
+    if c.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"--precision {c.precision!r}: choose auto, fp32, bf16 or fp16")
+    if c.gradient_checkpointing not in ("auto", "on", "off"):
+        raise UserError(f"--gradient-checkpointing {c.gradient_checkpointing!r}: choose auto, on or off")
+    for name in ("max_length", "batch_size", "grad_accum", "lora_r", "save_steps", "logging_steps"):
+        if getattr(c, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} is {getattr(c, name)}: it must be at least 1")
+    if c.max_steps <= 0 and c.epochs <= 0:
+        raise UserError("--epochs is 0 and --max-steps is not set: give a positive --epochs or --max-steps")
+    if not 0.0 <= c.kl_beta <= 1.0 or c.kl_temperature <= 0:
+        raise UserError("--kl-beta must be within [0, 1] and --kl-temperature above 0")
+    return weights
+
+
+def _prepare_output(c: TrainConfig, is_main: bool) -> Path | None:
+    """Check (on every process) and prepare (on the main one) the output; return the checkpoint to resume from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(c.output)
+    ckpt_dir = out / CHECKPOINTS
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out} is a file: choose a directory path")
+    if c.resume:
+        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+        if last is None:
+            raise UserError(f"--resume: {ckpt_dir} holds no checkpoint; run without --resume to start training")
+        sig_file = ckpt_dir / SIGNATURE_FILE
+        saved = json.loads(sig_file.read_text(encoding="utf-8")) if sig_file.exists() else {}
+        changed = sorted(k for k in set(saved) | set(c.signature()) if saved.get(k) != c.signature().get(k))
+        if changed:
+            raise UserError(
+                f"--resume: {out} was trained with different settings ({', '.join(changed)}): rerun with the same "
+                "settings, or pass --overwrite without --resume to start over"
+            )
+        return Path(last)
+    if out.exists() and any(out.iterdir()):
+        if not c.overwrite:
+            raise UserError(f"--output {out} is not empty: pass --resume to continue it, --overwrite to replace it, "
+                            "or choose another --output")
+        if is_main:
+            shutil.rmtree(out)
+    return None
+
+
+def _precision(c: TrainConfig):
+    import torch
+
+    cuda = torch.cuda.is_available()
+    precision = c.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    checkpointing = c.gradient_checkpointing == "on" or (c.gradient_checkpointing == "auto" and cuda)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # fp16 trains fp32 weights under autocast
+    return precision, dtype, checkpointing
+
+
+def _dry_run(tokenizer, examples, stats, weights, console) -> None:
+    from genpi.data import decode_view
+
+    e = examples[0]
+    views = [("behaviour (student context)", e["input_ids"], e["labels"])]
+    if "pg_input_ids" in e:
+        views.append(("prompt generation", e["pg_input_ids"], e["pg_labels"]))
+    if "teacher_input_ids" in e:
+        views.append(("teacher (prompt + dialogue, for the KL term)", e["teacher_input_ids"], e["teacher_labels"]))
+    for title, ids, labels in views:
+        console.rule(f"{title}: {len(ids)} tokens, supervised in [[...]]")
+        console.print(decode_view(tokenizer, ids, labels), markup=False, highlight=False)
+    console.rule()
+    console.print(f"weights {weights}; {stats.used} of {stats.records} records usable; nothing was trained (--dry-run)")
+
+
+def plot_losses(log_history: list[dict], path: Path) -> None:
+    """The logged loss terms against the optimizer step, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style in zip(("loss", *LOSS_KEYS), ("k-", "C0-", "C1-", "C2-")):
+        points = [(h["step"], h[key]) for h in log_history if key in h and "step" in h]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, style, marker="o", markersize=3, label="total" if key == "loss" else key.split("/")[1],
+                    linewidth=1.0 if key == "loss" else 1.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per supervised token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _summary(c, weights, stats, history, steps, seconds, out):
+    from rich.table import Table
+
+    table = Table(title=f"genpi train: {c.strategy}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("weights", f"sft {weights['w_sft']:g}  pg {weights['w_pg']:g}  kl {weights['w_kl']:g}"
+                  + (f"  prepend {weights['prepend_share']:g}" if weights["prepend_share"] else ""))
+    skipped = f"{stats.skipped_error} failed or without an agent turn, {stats.skipped_too_long} too long"
+    table.add_row("records", f"{stats.used} of {stats.records} used ({skipped}; {stats.cut_turns} cut to fewer turns)")
+    table.add_row("supervised tokens", f"behaviour {stats.tokens['behaviour']}, prompt generation "
+                  f"{stats.tokens['prompt_generation']} per epoch")
+    for key in ("loss", *LOSS_KEYS):
+        values = [h[key] for h in history if key in h and "step" in h]
+        if values:
+            table.add_row(key, f"{values[0]:.4f} -> {values[-1]:.4f}")
+    table.add_row("steps", f"{steps} in {seconds:.0f} s")
+    table.add_row("adapter", str(out))
+    return table
+
+
+def train(config: TrainConfig, console=None) -> Path:
+    """Train an adapter on a synthesis run; return the output directory (a PEFT adapter plus ``genpi.json``)."""
+    from rich.console import Console
+
+    from genpi.data import build_examples, load_training_run, parse_context
+    from genpi.models import load_tokenizer, resolve_model
+
+    c = config
+    console = console or Console()
+    weights = _validate(c)
+    context = parse_context(c.student_context)
+    info, prompt, records = load_training_run(c.data)
+    tokenizer = load_tokenizer(c.model)
+    examples, stats = build_examples(
+        tokenizer, records, prompt, context=context, max_length=c.max_length,
+        prompt_generation=weights["w_pg"] > 0, teacher=weights["w_kl"] > 0,
+        prepend_share=weights["prepend_share"], seed=c.seed,
+    )
+    if c.dry_run:
+        _dry_run(tokenizer, examples, stats, weights, console)
+        return Path(c.output)
+
+    import torch
+    from accelerate import PartialState
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import PrinterCallback
+    from trl import SFTConfig
+    from trl.trainer.callbacks import RichProgressCallback
+
+    from genpi.data import GenPICollator
+    from genpi.models import load_model
+    from genpi.trainer import GenPITrainer
+
+    out = Path(c.output)
+    ckpt_dir = out / CHECKPOINTS
+    precision, dtype, checkpointing = _precision(c)
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=c.batch_size,
+        gradient_accumulation_steps=c.grad_accum,
+        learning_rate=c.learning_rate,
+        lr_scheduler_type=c.lr_scheduler,
+        warmup_steps=c.warmup_ratio,  # a value below 1 is a share of the steps
+        num_train_epochs=c.epochs,
+        max_steps=c.max_steps,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=checkpointing,
+        logging_steps=c.logging_steps,
+        save_strategy="steps",
+        save_steps=c.save_steps,
+        save_total_limit=c.save_total_limit,
+        seed=c.seed,
+        max_length=c.max_length,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in every step
+        dataloader_pin_memory=torch.cuda.is_available(),
+        # Without a GPU, say so: under `accelerate launch`/`torchrun` the processes then join a gloo (CPU) process
+        # group instead of each training alone.
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+        report_to="none",
+    )
+    state = PartialState()  # the state the training arguments just set up
+    resume_from = _prepare_output(c, state.is_main_process)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / SIGNATURE_FILE).write_text(json.dumps(c.signature(), indent=2) + "\n", encoding="utf-8")
+
+    try:
+        model = load_model(c.model, dtype=dtype)
+    except OSError as e:
+        raise UserError(f"cannot load --model {c.model}: {str(e).splitlines()[0]}") from None
+    target = c.lora_target if c.lora_target == "all-linear" else [t.strip() for t in c.lora_target.split(",") if t.strip()]
+    lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules=target,
+                      task_type="CAUSAL_LM")
+    trainer = GenPITrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        data_collator=GenPICollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[RichProgressCallback()],
+        w_sft=weights["w_sft"], w_pg=weights["w_pg"], w_kl=weights["w_kl"],
+        kl_beta=c.kl_beta, kl_temperature=c.kl_temperature,
+    )
+    trainer.remove_callback(PrinterCallback)  # the rich panel shows the logs
+    start = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.monotonic() - start
+    trainer.save_model(str(out))
+
+    if state.is_main_process:
+        history = trainer.state.log_history
+        meta = {
+            "genpi_version": __version__,
+            "strategy": c.strategy,
+            "weights": {"sft": weights["w_sft"], "pg": weights["w_pg"], "kl": weights["w_kl"]},
+            "prepend_share": weights["prepend_share"],
+            "kl": {"beta": c.kl_beta, "temperature": c.kl_temperature},
+            "base_model": c.model,
+            "base_model_path": resolve_model(c.model),
+            "source_run": str(Path(c.data).resolve()),
+            "prompt_hash": prompt.hash,
+            "prompt_tokens": prompt.token_length(tokenizer),
+            "student_context": context,
+            "max_length": c.max_length,
+            "lora": {"r": c.lora_r, "alpha": c.lora_alpha, "dropout": c.lora_dropout, "target": c.lora_target},
+            "precision": precision,
+            "records": dataclasses.asdict(stats),
+            "steps": trainer.state.global_step,
+            "train_seconds": round(seconds, 2),
+            "processes": state.num_processes,
+            "config": dataclasses.asdict(c),
+        }
+        (out / GENPI_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        plot_losses(history, out / "loss.png")
+        console.print(_summary(c, weights, stats, history, trainer.state.global_step, seconds, out))
+    state.wait_for_everyone()
+    return out

@@ -1,0 +1,164 @@
+"""Training with the real tiny model (integration tier): a few short steps each, max_length kept small."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import train_fixtures as fx
+
+from genpi.cli import main
+from genpi.data import GenPICollator, build_examples
+from genpi.prompt import AgentPrompt
+
+pytestmark = pytest.mark.integration
+
+
+def _trainer(tmp_path, examples, tokenizer, *, steps=1, lr=1e-4, **weights):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    from genpi.models import load_model
+    from genpi.trainer import GenPITrainer
+
+    args = SFTConfig(output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=len(examples), max_steps=steps,
+                     learning_rate=lr, lr_scheduler_type="constant", bf16=False, gradient_checkpointing=False,
+                     remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, report_to="none",
+                     logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False, use_cpu=True)
+    # No LoRA dropout: on CPU its random masks cost as much as the matmuls, and nothing here depends on it.
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    return GenPITrainer(model=load_model("default"), args=args, train_dataset=Dataset.from_list(examples),
+                        data_collator=GenPICollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                        peft_config=lora, **weights)
+
+
+def _logits(model, ids):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_joint_loss_falls_on_a_fixed_batch_and_the_saved_adapter_reloads(tmp_path, smol_tokenizer):
+    from peft import PeftModel
+
+    from genpi.models import load_model
+
+    tok = smol_tokenizer
+    examples, _ = build_examples(tok, [fx.record(0, turns=1)], fx.prompt(), max_length=384)
+    trainer = _trainer(tmp_path, examples, tok, steps=3, lr=2e-3, w_sft=0.7, w_pg=0.3)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert before and all("lora_" in n for n in before)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in logs] == [1, 2, 3]
+    assert logs[-1]["loss"] < 0.8 * logs[0]["loss"]
+    assert logs[-1]["loss/sft"] < logs[0]["loss/sft"] and logs[-1]["loss/pg"] < logs[0]["loss/pg"]
+    # the total is the weighted sum of the logged terms (same batch, same step)
+    assert logs[0]["loss"] == pytest.approx(0.7 * logs[0]["loss/sft"] + 0.3 * logs[0]["loss/pg"], rel=1e-4)
+    after = dict(trainer.model.named_parameters())
+    changed = [n for n in before if not torch.equal(before[n], after[n].detach())]
+    assert len(changed) == len(before)  # every LoRA A and B moved
+
+    trainer.save_model(str(tmp_path / "adapter"))
+    ids = torch.tensor([examples[0]["input_ids"]])
+    expected = _logits(trainer.model, ids)
+    reloaded = PeftModel.from_pretrained(load_model("default"), str(tmp_path / "adapter"))
+    assert torch.allclose(_logits(reloaded, ids), expected, atol=1e-5)
+    assert not torch.allclose(_logits(load_model("default"), ids), expected, atol=1e-3)
+
+
+def test_kl_is_zero_for_identical_views_and_positive_with_the_prompt(tmp_path, smol_tokenizer):
+    tok = smol_tokenizer
+    recs = [fx.record(0), fx.record(2)]  # dialogues that start with the bare input
+    no_prompt = AgentPrompt(messages=(), kind="chat")  # teacher view == student view
+    same, _ = build_examples(tok, recs, no_prompt, max_length=384, prompt_generation=False, teacher=True)
+    assert same[0]["teacher_input_ids"] == same[0]["input_ids"]
+    prompted, _ = build_examples(tok, recs, fx.prompt(), max_length=384, prompt_generation=False, teacher=True)
+    trainer = _trainer(tmp_path, same, tok, w_sft=1.0, w_kl=1.0)
+    trainer.model.eval()
+    collate = GenPICollator(tok.pad_token_id)
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, collate(same))
+        trainer.compute_loss(trainer.model, collate(prompted))
+    kl_same, kl_prompted = trainer._metrics["eval"]["loss/kl"]
+    assert abs(kl_same) < 1e-5
+    assert kl_prompted > 1e-2
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short genpi_kl run through the CLI, checkpointing every step: 2 steps, then resumed to 3."""
+    root = tmp_path_factory.mktemp("train")
+    run = fx.write_run(root / "run")
+    out = root / "adapter"
+    flags = ["train", "--data", str(run), "--output", str(out), "--strategy", "genpi_kl", "--batch-size", "1",
+             "--max-length", "384", "--learning-rate", "1e-3", "--save-steps", "1", "--save-total-limit", "5",
+             "--lora-dropout", "0"]
+    assert main(flags + ["--max-steps", "2"]) == 0
+    first = json.loads((out / "genpi.json").read_text())
+    assert main(flags + ["--max-steps", "3", "--resume"]) == 0
+    return run, out, first
+
+
+def test_train_writes_adapter_metadata_and_loss_plot(trained):
+    run, out, first = trained
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    meta = json.loads((out / "genpi.json").read_text())
+    assert meta["strategy"] == "genpi_kl" and meta["weights"] == {"sft": 0.7, "pg": 0.3, "kl": 1.0}
+    assert meta["base_model"] == "default" and meta["student_context"] == []
+    assert meta["source_run"] == str(run.resolve()) and meta["prompt_hash"] == fx.prompt().hash
+    assert meta["max_length"] == 384 and meta["records"]["used"] == 4 and meta["records"]["skipped_error"] == 2
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert first["steps"] == 2
+
+
+def test_resume_continues_the_step_count(trained):
+    _, out, _ = trained
+    assert json.loads((out / "genpi.json").read_text())["steps"] == 3
+    state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    logged = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert logged == [1, 2, 3]  # steps 1-2 from the first run, only step 3 from the resumed one
+    assert all(k in state["log_history"][-2] for k in ("loss/sft", "loss/pg", "loss/kl"))
+
+
+def test_merged_export_gives_the_adapter_logits(trained, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from genpi.models import load_model
+
+    _, out, _ = trained
+    merged_dir = tmp_path / "merged"
+    assert main(["export", "--adapter", str(out), "--merge", "--output", str(merged_dir)]) == 0
+    assert not list(merged_dir.glob("adapter_*"))
+    ids = torch.tensor([[1, 9690, 198, 22503, 314, 253, 5356, 30, 2, 198, 1, 4093, 198]])
+    adapter_logits = _logits(PeftModel.from_pretrained(load_model("default"), str(out)), ids)
+    merged_logits = _logits(AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32), ids)
+    assert torch.allclose(merged_logits, adapter_logits, atol=1e-4)
+    assert not torch.allclose(_logits(load_model("default"), ids), adapter_logits, atol=1e-3)
+    assert json.loads((merged_dir / "genpi.json").read_text())["merged"] is True
+
+
+def test_two_process_accelerate_launch_saves_one_adapter(tmp_path):
+    run = fx.write_run(tmp_path / "run", fx.records(4))
+    out = tmp_path / "adapter"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
+    # --multi_gpu picks the torchrun launcher; without a GPU, genpi joins the processes in a gloo group.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genpi", "train", "--data", str(run),
+           "--output", str(out), "--strategy", "genpi", "--batch-size", "1", "--max-steps", "2", "--max-length", "384",
+           "--save-steps", "2", "--lora-dropout", "0"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "genpi.json").read_text())
+    assert meta["processes"] == 2 and meta["steps"] == 2
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("adapter_model.safetensors")) == [
+        "adapter_model.safetensors", "checkpoints/checkpoint-2/adapter_model.safetensors"]
+    assert proc.stdout.count("genpi train: genpi") == 1  # one summary, from the main process

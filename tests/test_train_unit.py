@@ -1,0 +1,126 @@
+"""Training config, presets, the KL formula, the CLI shell and early user errors (unit tier: no model weights)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import train_fixtures as fx
+
+from genpi.cli import build_parser, main
+from genpi.config import STRATEGIES, TrainConfig, from_args, from_dict
+from genpi.errors import UserError
+from genpi.trainer import generalized_jsd, scored_positions
+
+
+def test_presets_follow_the_paper_and_flags_override_them():
+    assert STRATEGIES["genpi"] == {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "prepend_share": 0.0}
+    assert TrainConfig(strategy="seqkd").weights()["w_pg"] == 0.0
+    assert TrainConfig(strategy="seqkd_kl").weights()["w_kl"] > 0
+    assert TrainConfig(strategy="prepend").weights()["prepend_share"] == 1.0
+    args = build_parser().parse_args(["train", "--data", "r", "--strategy", "genpi_kl", "--w-kl", "0.25",
+                                      "--prepend-share", "0.5"])
+    w = from_args(TrainConfig, args).weights()
+    assert (w["w_sft"], w["w_pg"], w["w_kl"], w["prepend_share"]) == (0.7, 0.3, 0.25, 0.5)
+    with pytest.raises(UserError, match="unknown --strategy 'nope'"):
+        TrainConfig(strategy="nope").weights()
+    with pytest.raises(UserError, match="unknown TrainConfig key"):
+        from_dict(TrainConfig, {"lr": 1.0})
+
+
+def test_paper_defaults():
+    c = TrainConfig()
+    assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target) == (16, 32, 0.05, "all-linear")
+    assert (c.learning_rate, c.lr_scheduler, c.warmup_ratio) == (1e-4, "cosine", 0.03)
+
+
+def test_generalized_jsd_endpoints_symmetry_and_bounds():
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 11), torch.randn(5, 11) * 2
+    ls, lt = F.log_softmax(s, -1), F.log_softmax(t, -1)
+    forward_kl = F.kl_div(ls, lt, reduction="none", log_target=True).sum(-1)  # KL(teacher || student)
+    reverse_kl = F.kl_div(lt, ls, reduction="none", log_target=True).sum(-1)
+    assert torch.allclose(generalized_jsd(s, t, beta=0.0), forward_kl, atol=1e-6)
+    assert torch.allclose(generalized_jsd(s, t, beta=1.0), reverse_kl, atol=1e-6)
+    jsd = generalized_jsd(s, t, beta=0.5)
+    assert torch.allclose(jsd, generalized_jsd(t, s, beta=0.5), atol=1e-6)  # symmetric at beta 0.5
+    assert (jsd > 0).all() and (jsd <= math.log(2) + 1e-6).all()
+    # by hand: M = (P + Q) / 2
+    p, q = lt.exp(), ls.exp()
+    m = (p + q) / 2
+    by_hand = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)
+    assert torch.allclose(jsd, by_hand, atol=1e-6)
+    assert generalized_jsd(s, s, beta=0.3).abs().max() < 1e-6
+    # temperature flattens both distributions: the divergence shrinks
+    assert (generalized_jsd(s, t, beta=0.5, temperature=4.0) < jsd).all()
+
+
+def test_scored_positions_point_at_the_token_before_each_label():
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, -100, -100, -100]])
+    assert scored_positions(labels).tolist() == [[False, True, True, False, False],
+                                                 [True, False, False, False, False]]
+
+
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_help_of_each_training_command(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"genpi {command} --" in out  # the examples epilog
+
+
+def test_export_of_a_directory_without_adapter_is_a_user_error(tmp_path, capsys):
+    assert main(["export", "--adapter", str(tmp_path), "--output", str(tmp_path / "o"), "--merge"]) == 2
+    assert "has no adapter_config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "no synthesis run given"),
+    (["--data", "R", "--w-sft", "0", "--w-pg", "0"], "every loss weight is 0"),
+    (["--data", "R", "--w-pg", "-1"], "--w-pg is -1.0"),
+    (["--data", "R", "--prepend-share", "2"], "--prepend-share is 2.0"),
+    (["--data", "R", "--precision", "fp8"], "--precision 'fp8'"),
+    (["--data", "R", "--batch-size", "0"], "--batch-size is 0"),
+])
+def test_bad_train_flags_are_one_line_errors(flags, message, capsys):
+    assert main(["train", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genpi: error:") and message in err and err.count("\n") == 1
+
+
+def test_output_is_protected_and_resume_needs_a_checkpoint(tmp_path, capsys, smol_tokenizer):
+    run = fx.write_run(tmp_path / "run")
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (out / "something").write_text("x")
+    base = ["train", "--data", str(run), "--output", str(out), "--max-length", "512"]
+    assert main(base) == 2
+    assert "is not empty: pass --resume" in capsys.readouterr().err
+    assert main(base + ["--resume"]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_resume_with_changed_settings_is_refused(tmp_path, capsys, smol_tokenizer):
+    run = fx.write_run(tmp_path / "run")
+    out = tmp_path / "adapter"
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    config = TrainConfig(data=str(run), output=str(out), max_length=512)
+    (out / "checkpoints" / "genpi_train.json").write_text(json.dumps(config.signature()))
+    assert main(["train", "--data", str(run), "--output", str(out), "--max-length", "512", "--w-pg", "0.9",
+                 "--resume"]) == 2
+    assert "trained with different settings (w_pg)" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_views_and_trains_nothing(tmp_path, capsys, smol_tokenizer):
+    run = fx.write_run(tmp_path / "run")
+    out = tmp_path / "adapter"
+    assert main(["train", "--data", str(run), "--output", str(out), "--strategy", "genpi_kl", "--max-length", "512",
+                 "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "[[Act: bash ls /data/set0 | wc -l<|im_end|>]]" in printed
+    assert "prompt generation" in printed and "teacher" in printed
+    assert not out.exists()
