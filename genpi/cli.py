@@ -33,6 +33,43 @@ def _cmd_models_fetch(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from genpi.config import EvalConfig
+    from genpi.eval.evaluate import evaluate
+
+    args.adapter, args.baseline = args.adapter or [], args.baseline or []
+    evaluate(from_args(EvalConfig, args))
+    return 0
+
+
+EVAL_EPILOG = """examples:
+  genpi eval --prompt examples/bash_agent.txt --inputs runs/bash-heldout --adapter adapters/bash --out reports/bash --checker bash_protocol
+  genpi eval --prompt examples/support_agent.txt --inputs my_traffic.jsonl --adapter adapters/support --baseline adapters/support-seqkd --checker json_shape
+"""
+
+
+def _add_eval_parser(sub) -> None:
+    from genpi.config import EvalConfig
+
+    p = sub.add_parser(
+        "eval",
+        help="compare the prompted, unprompted and internalized systems on held-out inputs",
+        description="Answer held-out inputs with the base model and the full prompt (upper bound), the base model "
+        "without it (lower bound), each adapter without it, and each baseline; score fidelity to the prompted "
+        "teacher, protocol compliance, multi-turn fidelity, prompt reconstruction, recovery ratios and cost; write "
+        "report.json, report.png and outputs.jsonl under --out.",
+        epilog=EVAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p, EvalConfig, skip=("adapter", "baseline"))
+    # Repeatable flags: argparse appends to a fresh list (default None), never to a shared default.
+    p.add_argument("--adapter", action="append", default=None, metavar="DIR",
+                   help="adapter directory from `genpi train`, answering without the prompt (repeatable)")
+    p.add_argument("--baseline", action="append", default=None, metavar="DIR",
+                   help="adapter trained with another strategy, labelled by its strategy (repeatable)")
+    p.set_defaults(func=_cmd_eval)
+
+
 def _cmd_train(args) -> int:
     from genpi.config import TrainConfig
     from genpi.train import train
@@ -113,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_synth)
 
     _add_train_parsers(sub)
+
+    _add_eval_parser(sub)
 
     p = sub.add_parser("models", help="manage the embedded default model")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")

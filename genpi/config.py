@@ -117,6 +117,31 @@ class TrainConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in keep}
 
 
+@dataclass
+class EvalConfig:
+    """Evaluation: held-out inputs answered side by side by the prompted, unprompted and internalized systems."""
+
+    prompt: str = _f("", "prompt file the adapters internalized")
+    inputs: str = _f("", "held-out inputs: a synthesis run directory never trained on, or a file (one per line, or JSONL with \"input\")")
+    adapter: list[str] = _f([], "adapter directory from `genpi train`, answering without the prompt (repeatable)")
+    baseline: list[str] = _f([], "adapter trained with another strategy, labelled by its strategy (repeatable)")
+    out: str = _f("reports/eval", "output directory: report.json, report.png, outputs.jsonl")
+    model: str = _f("", "base model; empty = the adapters' base_model from genpi.json, else the embedded default")
+    train_run: str = _f("", "training run whose inputs must not be held out; empty = each adapter's source_run")
+    overlap_check: bool = _f(True, "fail when a held-out input, normalised, is also a training input")
+    checker: str = _f("", "protocol checker scoring every reply: bash_protocol, json_shape, or empty for none")
+    num_inputs: int = _f(0, "held-out inputs used, the first ones (0 = all)")
+    max_new_tokens: int = _f(128, "tokens generated per reply at most (greedy)")
+    batch_size: int = _f(4, "requests generated together")
+    multiturn_turns: int = _f(32, "agent turns of held-out dialogues replayed for multi-turn fidelity, at most (0 = skip)")
+    reconstruction_inputs: int = _f(2, "inputs on which each system is asked to write the prompt back (0 = skip)")
+    reconstruction_max_new_tokens: int = _f(0, "tokens per prompt reconstruction at most (0 = the prompt's length + 64)")
+    latency_inputs: int = _f(4, "inputs timed as lone requests, prompted and adapter in alternating order (0 = skip)")
+    noise_floor: float = _f(0.02, "a recovery ratio is undefined when |S_prompted - S_unprompted| is at most this")
+    bootstrap: int = _f(1000, "bootstrap resamples of the items for the recovery noise rule")
+    seed: int = _f(0, "seed of the bootstrap")
+
+
 def _type_of(cls, f: dataclasses.Field):
     hints = typing.get_type_hints(cls)
     typ = hints[f.name]

@@ -1,0 +1,76 @@
+"""Inference cost: tokens per request, measured latency, estimated FLOPs and the break-even point of training.
+
+FLOPs are the usual dense-transformer estimate: ``2 * params * tokens`` per forward token (prefill and decode
+alike) and ``6 * params * tokens`` per training token (forward and backward). Attention's own term, which grows
+with the context length, is left out, so the estimate understates what a long prompt costs. For LoRA the
+training figure is an upper bound: frozen weights need no weight gradients (about ``4 * params`` per token).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from genpi.eval.systems import System
+
+
+def flops_per_request(params: int, input_tokens: float, output_tokens: float) -> float:
+    """Forward FLOPs of one request: every prompt token once (prefill), every generated token once (decode)."""
+    return 2.0 * params * (input_tokens + output_tokens)
+
+
+def training_tokens(info: dict) -> tuple[int | None, int]:
+    """``(tokens through the trained model, tokens through the frozen teacher)`` from an adapter's ``genpi.json``.
+
+    ``train_tokens`` counts every token of every training row in every epoch (context included, not only the
+    supervised ones); ``teacher_tokens`` the extra teacher forward passes of a KL strategy. None when unrecorded.
+    """
+    tokens = info.get("train_tokens")
+    return (int(tokens) if isinstance(tokens, (int, float)) and tokens > 0 else None), int(info.get("teacher_tokens") or 0)
+
+
+def training_flops(params: int, train_tokens: int, teacher_tokens: int = 0) -> float:
+    return 6.0 * params * train_tokens + 2.0 * params * teacher_tokens
+
+
+def break_even(train_flops: float | None, saving_per_request: float) -> float | None:
+    """Requests after which the training compute is paid back; None when unknown or when nothing is saved."""
+    if train_flops is None or saving_per_request <= 0:
+        return None
+    return train_flops / saving_per_request
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def measure_latency(generator, prompt, first: System, second: System, conversations: list[list[dict]],
+                    max_new_tokens: int, on_request=None, warmup: bool = True, fixed_length: bool = False) -> dict:
+    """Time each conversation as a lone request on both systems, alternating which goes first.
+
+    Alternation (first/second, then second/first, ...) spreads slow drifts of a shared machine (other processes,
+    thermal throttling, caches) evenly over the two systems. With ``warmup``, one untimed short request per system
+    comes first (not needed when both systems have just generated). With ``fixed_length`` every request decodes
+    exactly ``max_new_tokens`` tokens, so the comparison isolates what the context costs.
+
+    Returns ``{system name: {"prefill_s", "e2e_s", "input_tokens", "output_tokens", "decode_per_token_s"}
+    (medians), "pairs": n, ...}``; ``prefill_s`` is the time to the first token.
+    """
+    if not conversations:
+        return {}
+    for s in (first, second) if warmup else ():
+        generator.time_request(s, prompt, conversations[0], max_new_tokens=2)
+    timings = {first.name: [], second.name: []}
+    for i, conversation in enumerate(conversations):
+        for s in ((first, second) if i % 2 == 0 else (second, first)):
+            timings[s.name].append(generator.time_request(s, prompt, conversation, max_new_tokens, fixed_length))
+            if on_request:
+                on_request()
+    out = {"pairs": len(conversations), "order": "alternating", "max_new_tokens": max_new_tokens,
+           "fixed_length": fixed_length}
+    for name, rows in timings.items():
+        out[name] = {k: statistics.median(r[k] for r in rows) for k in ("prefill_s", "e2e_s", "input_tokens", "output_tokens")}
+        out[name]["decode_per_token_s"] = statistics.median(
+            (r["e2e_s"] - r["prefill_s"]) / max(1, r["output_tokens"] - 1) for r in rows)
+    return out

@@ -1,0 +1,343 @@
+"""``evaluate(config)``: every system answers the same held-out inputs in one run; the report compares them.
+
+The CLI (``genpi eval``), recipes and tests all call :func:`evaluate`. Fidelity references:
+
+* single turn (``rouge_l``, ``exact_match``): the prompted system's own greedy reply in this run, so the prompted
+  row is 1 by construction and the others say how close they come to the teacher;
+* multi-turn (``multiturn_*``): the teacher's recorded turn in the held-out dialogue;
+* ``prompt_reconstruction``: the prompt's text (the prompted system is not asked: it has the prompt in context).
+
+Checker metrics (e.g. ``bash_protocol``) need no reference: the share of replies that follow the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from genpi import __version__
+from genpi.config import EvalConfig
+from genpi.errors import UserError
+from genpi.eval import cost as cost_
+from genpi.eval.checkers import get_checker
+from genpi.eval.heldout import check_overlap, load_heldout
+from genpi.eval.metrics import exact_match, mean, rouge_l
+from genpi.eval.multiturn import replay_turns
+from genpi.eval.reconstruction import question, reconstruction_score
+from genpi.eval.recovery import recovery
+from genpi.eval.report import plot, tables, notes, write_json
+from genpi.eval.systems import build_systems
+from genpi.prompt import load_prompt
+
+BOUNDS = ("prompted", "unprompted")
+
+
+def evaluate(config: EvalConfig, console=None) -> dict:
+    """Run the evaluation ``config`` describes, write ``report.json``, ``report.png`` and ``outputs.jsonl`` under
+    ``config.out``, print the tables, and return the report.
+
+    Args:
+        config: what to evaluate and how.
+        console: a ``rich`` console for progress and tables (default: stdout).
+    """
+    from rich.console import Console
+
+    console = console or Console()
+    started = time.monotonic()
+    _validate(config)
+    prompt = load_prompt(config.prompt)
+    checker = get_checker(config.checker) if config.checker else None
+    held = load_heldout(config.inputs, prompt.hash, config.num_inputs)
+    systems, base_model = build_systems(prompt, config.adapter, config.baseline, config.model)
+    checked_runs = _check_overlap(config, held, systems)
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: choose a directory path")
+
+    from genpi.eval.generation import Generator
+
+    with console.status(f"loading {base_model} and {len(systems) - 2} adapter(s)"):
+        gen = Generator(base_model, systems)
+
+    items = held.items
+    single_convs = [[{"role": "user", "content": it.input}] for it in items]
+    turns = replay_turns(held, config.multiturn_turns) if config.multiturn_turns > 0 else []
+    recon_items = items[: config.reconstruction_inputs]
+    recon_tokens = config.reconstruction_max_new_tokens or (
+        len(gen.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]) + 64)
+    trained = [s for s in systems if s.adapter]  # adapters first, then baselines
+    compared = trained[0] if trained else systems[1]
+    latency_convs = single_convs[: config.latency_inputs]
+
+    single, multi, recon = {}, {}, {}
+    with _progress(console) as progress:
+        def run(label, system, convs, max_new_tokens):
+            task = progress.add_task(f"{label:<15} {system.name}", total=len(convs))
+            return gen.generate(system, prompt, convs, max_new_tokens, config.batch_size,
+                                on_batch=lambda n: progress.advance(task, n))
+
+        for s in systems:
+            single[s.name] = run("single turn", s, single_convs, config.max_new_tokens)
+        for s in systems:
+            if turns:
+                multi[s.name] = run("multi-turn", s, [t.conversation for t in turns], config.max_new_tokens)
+        for s in systems:
+            if recon_items and s.kind != "prompted":
+                convs = [[{"role": "user", "content": _recon_question(it, i, single)}] for i, it in enumerate(recon_items)]
+                recon[s.name] = run("reconstruction", s, convs, recon_tokens)
+        latency = {}
+        if latency_convs:
+            task = progress.add_task(f"{'latency':<15} prompted vs {compared.name}", total=2 * len(latency_convs))
+            # both systems have just generated, so the model is warm: no warm-up requests needed
+            latency = cost_.measure_latency(gen, prompt, systems[0], compared, latency_convs, config.max_new_tokens,
+                                            on_request=lambda: progress.advance(task), warmup=False)
+
+    # --- score
+    reference = [g.text for g in single["prompted"]]
+    scores, failures = _score(systems, single, multi, recon, reference, turns, config.checker, prompt.text)
+    rows = _output_rows(systems, items, turns, recon_items, single, multi, recon, reference, scores, config.checker)
+
+    # --- cost
+    params = gen.n_params
+    sys_metrics = {}
+    for s in systems:
+        m = {name: mean(values) for name, values in scores[s.name].items()}
+        m["input_tokens"] = mean(g.input_tokens for g in single[s.name])
+        m["output_tokens"] = mean(g.output_tokens for g in single[s.name])
+        m["flops_per_request"] = cost_.flops_per_request(params + gen.adapter_params(s), m["input_tokens"], m["output_tokens"])
+        sys_metrics[s.name] = m
+    cost = _cost(systems, sys_metrics, params, compared.name, latency, prompt.token_length(gen.tokenizer))
+
+    # --- recovery
+    rec = {}
+    for s in systems:
+        if s.name in BOUNDS:
+            continue
+        rec[s.name] = {
+            metric: recovery(scores["prompted"][metric], scores["unprompted"][metric], values,
+                             noise_floor=config.noise_floor, n_boot=config.bootstrap, seed=config.seed)
+            for metric, values in scores[s.name].items() if metric in scores["prompted"]
+        }
+
+    report = {
+        "genpi_version": __version__,
+        "prompt": {"path": config.prompt, "hash": prompt.hash, "kind": prompt.kind, "tokens": cost["prompt_tokens"]},
+        "model": {"name": base_model, "params": params},
+        "inputs": {"source": held.source, "kind": held.kind, "n": len(items), "multiturn_turns": len(turns),
+                   "reconstruction_inputs": len(recon_items), "overlap_checked_against": checked_runs},
+        "references": {
+            "rouge_l, exact_match": "the prompted system's greedy reply in this run",
+            "multiturn_*": "the teacher's recorded agent turn, after the teacher's recorded history",
+            "prompt_reconstruction": "the prompt's text (ROUGE-L; the reply's 'Reason:' part removed)",
+            **({config.checker: f"share of replies that pass the {config.checker} checker"} if checker else {}),
+        },
+        "systems": {s.name: {**s.describe(), "metrics": sys_metrics[s.name], "failures": failures[s.name]}
+                    for s in systems},
+        "recovery": rec,
+        "noise_rule": {"noise_floor": config.noise_floor, "bootstrap": config.bootstrap, "interval": 0.95,
+                       "rule": "undefined when |gap| <= noise_floor, or the 95% paired-bootstrap interval of the gap "
+                               "contains 0, or fewer than 2 items"},
+        "cost": cost,
+        "commands": _commands(config),
+        "versions": _versions(),
+        "config": dataclasses.asdict(config),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+    # --- write
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(report, out / "report.json")
+    with open(out / "outputs.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    plot(report, out / "report.png")
+    for table in tables(report):
+        console.print(table)
+    for line in notes(report):
+        console.print(line, highlight=False)
+    console.print(f"report: {out / 'report.json'}, {out / 'report.png'}, outputs: {out / 'outputs.jsonl'}", highlight=False)
+    return report
+
+
+def _score(systems, single, multi, recon, reference, turns, checker_name, prompt_text):
+    """Per-item scores ``{system: {metric: [score per item]}}`` and checker failure counts
+    ``{system: {metric: {reason: count}}}``."""
+    checker = get_checker(checker_name) if checker_name else None
+    scores, failures = {}, {}
+    for s in systems:
+        sc, fails = scores.setdefault(s.name, {}), failures.setdefault(s.name, {})
+        parts = [("", [g.text for g in single[s.name]], reference)]
+        if turns:
+            parts.append(("multiturn_", [g.text for g in multi[s.name]], [t.reference for t in turns]))
+        for prefix, texts, refs in parts:
+            sc[prefix + "rouge_l"] = [rouge_l(t, r) for t, r in zip(texts, refs)]
+            sc[prefix + "exact_match"] = [exact_match(t, r) for t, r in zip(texts, refs)]
+            if checker:
+                checks = [checker(t) for t in texts]
+                sc[prefix + checker_name] = [float(c.ok) for c in checks]
+                counts = fails.setdefault(prefix + checker_name, {})
+                for c in checks:
+                    if not c.ok:
+                        counts[c.reason] = counts.get(c.reason, 0) + 1
+        if s.name in recon:
+            sc["prompt_reconstruction"] = [reconstruction_score(g.text, prompt_text) for g in recon[s.name]]
+    return scores, failures
+
+
+def _output_rows(systems, items, turns, recon_items, single, multi, recon, reference, scores, checker) -> list[dict]:
+    """Every reply with its scores, one row per item and part, for ``outputs.jsonl``."""
+    rows = []
+    for i, it in enumerate(items):
+        rows.append({"part": "single", "id": it.id, "input": it.input, "reference": reference[i], "replies": {
+            s.name: _reply_row(single[s.name][i], scores[s.name], i, checker) for s in systems}})
+    for j, turn in enumerate(turns):
+        rows.append({"part": "multiturn", "id": turn.id, "turn": turn.turn, "conversation": turn.conversation,
+                     "reference": turn.reference, "replies": {
+                         s.name: _reply_row(multi[s.name][j], scores[s.name], j, checker, "multiturn_") for s in systems}})
+    for k, it in enumerate(recon_items):
+        rows.append({"part": "reconstruction", "id": it.id, "question": _recon_question(it, k, single), "replies": {
+            name: {"text": g[k].text, "prompt_reconstruction": scores[name]["prompt_reconstruction"][k]}
+            for name, g in recon.items()}})
+    return rows
+
+
+def _validate(c: EvalConfig) -> None:
+    if not c.prompt:
+        raise UserError("no prompt given: pass --prompt FILE (the prompt the adapters internalized)")
+    if not c.inputs:
+        raise UserError("no held-out inputs given: pass --inputs with a synthesis run directory or a file of inputs")
+    for name in ("max_new_tokens", "batch_size"):
+        if getattr(c, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+    for name in ("num_inputs", "multiturn_turns", "reconstruction_inputs", "reconstruction_max_new_tokens",
+                 "latency_inputs", "bootstrap"):
+        if getattr(c, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(c, name)}")
+    if c.bootstrap < 1:
+        raise UserError(f"--bootstrap must be at least 1, got {c.bootstrap}")
+    if not 0 <= c.noise_floor < 1:
+        raise UserError(f"--noise-floor must be in [0, 1), got {c.noise_floor}")
+
+
+def _check_overlap(config: EvalConfig, held, systems) -> list[str]:
+    """Check the held-out inputs against the training run(s); return the runs checked."""
+    if not config.overlap_check:
+        return []
+    if config.train_run:
+        runs = [config.train_run]
+    else:
+        runs = list(dict.fromkeys(s.info["source_run"] for s in systems if s.info.get("source_run")))
+    for run in runs:
+        if not Path(run).is_dir():
+            raise UserError(
+                f"training run {run} (to check the held-out inputs against) does not exist: "
+                "pass --train-run with its path, or --no-overlap-check"
+            )
+        check_overlap(held, run)
+    return runs
+
+
+def _recon_question(item, index: int, single: dict) -> str:
+    """Ask with the record's AS-IS/TO-BE answers, or, for plain inputs, this run's unprompted/prompted replies."""
+    if item.as_is and item.to_be:
+        return question(item.input, item.as_is, item.to_be)
+    return question(item.input, single["unprompted"][index].text, single["prompted"][index].text)
+
+
+def _reply_row(g, scores: dict, i: int, checker: str, prefix: str = "") -> dict:
+    row = {"text": g.text, "input_tokens": g.input_tokens, "output_tokens": g.output_tokens}
+    for name in ("rouge_l", "exact_match", checker):
+        if name and prefix + name in scores:
+            row[name] = scores[prefix + name][i]
+    return row
+
+
+def _cost(systems, metrics: dict, params: int, compared: str, latency: dict, prompt_tokens: int) -> dict:
+    prompted = metrics["prompted"]
+    out = {
+        "params": params,
+        "prompt_tokens": prompt_tokens,
+        "compared": compared,
+        "input_token_ratio": cost_.ratio(prompted["input_tokens"], metrics[compared]["input_tokens"]),
+        "flops_ratio": cost_.ratio(prompted["flops_per_request"], metrics[compared]["flops_per_request"]),
+        "flops_per_request": {name: m["flops_per_request"] for name, m in metrics.items()},
+        "latency": {},
+        "break_even": {},
+    }
+    if latency:
+        a, b = latency["prompted"], latency[compared]
+        out["latency"] = {**latency, "prefill_ratio": cost_.ratio(a["prefill_s"], b["prefill_s"]),
+                          "e2e_ratio": cost_.ratio(a["e2e_s"], b["e2e_s"]),
+                          "decode_per_token_ratio": cost_.ratio(a["decode_per_token_s"], b["decode_per_token_s"])}
+    for s in systems:
+        if not s.adapter:
+            continue
+        saving = prompted["flops_per_request"] - metrics[s.name]["flops_per_request"]
+        train_tokens, teacher_tokens = cost_.training_tokens(s.info)
+        train_flops = cost_.training_flops(params, train_tokens, teacher_tokens) if train_tokens else None
+        requests = cost_.break_even(train_flops, saving)
+        if train_tokens is None:
+            note = "genpi.json records no train_tokens"
+        elif saving <= 0:
+            note = "the adapter saves no FLOPs per request on these inputs"
+        else:
+            note = "training FLOPs (6·params·train_tokens + 2·params·teacher_tokens) / FLOPs saved per request"
+        out["break_even"][s.name] = {"requests": requests, "train_flops": train_flops,
+                                     "saving_flops_per_request": saving, "note": note}
+    return out
+
+
+def _commands(config: EvalConfig) -> list[str]:
+    """The command as invoked, and the equivalent ``genpi eval`` command line (non-default settings only)."""
+    parts = ["genpi", "eval"]
+    for f in dataclasses.fields(EvalConfig):
+        value = getattr(config, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            for v in value:
+                parts += [flag, str(v)]
+        else:
+            parts += [flag, str(value)]
+    program = "python -m genpi" if Path(sys.argv[0]).name == "__main__.py" else Path(sys.argv[0]).name
+    invoked = " ".join([program, shlex.join(sys.argv[1:])]).strip()
+    equivalent = shlex.join(parts)
+    return [invoked] if invoked == equivalent else [invoked, equivalent]
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"genpi": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "transformers", "peft", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    import os
+
+    out["cpu_count"] = os.cpu_count()
+    try:
+        import torch
+
+        out["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        out["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return out
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console)

@@ -1,0 +1,175 @@
+"""Generation runner: the base model loaded once, every adapter attached to it, batched greedy decoding.
+
+Adapters are loaded into one PEFT model under their own names and switched per system; the base systems run with
+the adapters disabled. Batches are left-padded (decoder-only generation continues from the right end) and sorted
+by length so that short requests are not padded to the longest prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from genpi.errors import UserError
+from genpi.eval.systems import System
+from genpi.prompt import AgentPrompt
+
+
+@dataclass
+class Generation:
+    text: str
+    input_tokens: int
+    output_tokens: int  # generated tokens up to and including the end-of-turn token
+
+
+class Generator:
+    """Generates each system's replies with one loaded base model.
+
+    Args:
+        model_name: base model (``"default"``, a directory or a Hub id), as ``genpi.models.resolve_model`` takes it.
+        systems: the systems to serve; those with an ``adapter`` are attached now.
+    """
+
+    def __init__(self, model_name: str, systems: list[System]):
+        import torch
+        from safetensors import SafetensorError
+
+        from genpi.models import load_model, load_tokenizer
+
+        self.torch = torch
+        self.tokenizer = load_tokenizer(model_name)
+        self.tokenizer.padding_side = "left"
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            base = load_model(model_name).to(self.device)
+        except OSError as e:
+            raise UserError(f"cannot load base model {model_name}: {str(e).splitlines()[0]}") from None
+        base.eval()
+        self.n_params = sum(p.numel() for p in base.parameters())  # tied embeddings count once
+        self.model = base
+        self._adapter_names: dict[str, str] = {}
+        for s in systems:
+            if not s.adapter:
+                continue
+            name = f"adapter{len(self._adapter_names)}"  # PEFT names become module keys: no dots or slashes
+            try:
+                if self._adapter_names:
+                    self.model.load_adapter(s.adapter, adapter_name=name)
+                else:
+                    from peft import PeftModel
+
+                    self.model = PeftModel.from_pretrained(base, s.adapter, adapter_name=name)
+            except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+                raise UserError(f"cannot load adapter {s.adapter} onto {model_name}: {str(e).splitlines()[0]}") from None
+            self._adapter_names[s.name] = name
+        self.model.eval()
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+
+    def adapter_params(self, system: System) -> int:
+        """Parameters the system's adapter adds to every token's compute (0 for the base model)."""
+        name = self._adapter_names.get(system.name)
+        if name is None:
+            return 0
+        return sum(p.numel() for n, p in self.model.named_parameters() if "lora_" in n and f".{name}." in n)
+
+    @contextmanager
+    def active(self, system: System):
+        """Run the model as ``system``: its adapter set, or every adapter disabled for a base system."""
+        if system.adapter:
+            self.model.set_adapter(self._adapter_names[system.name])
+            yield
+        elif self._adapter_names:
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+    def render(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(
+        self,
+        system: System,
+        prompt: AgentPrompt,
+        conversations: list[list[dict]],
+        max_new_tokens: int,
+        batch_size: int = 4,
+        on_batch=None,
+    ) -> list[Generation]:
+        """Greedy replies of ``system`` to each conversation (each one starts with the bare user input).
+
+        ``on_batch(n)`` is called after each batch of ``n`` conversations (for a progress bar).
+        """
+        texts = [self.render(system.messages(prompt, c)) for c in conversations]
+        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        out: list[Generation | None] = [None] * len(texts)
+        with self.torch.inference_mode(), self.active(system):
+            for start in range(0, len(order), max(1, batch_size)):
+                idx = order[start : start + batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                                     add_special_tokens=False).to(self.device)
+                ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+                for row, i in zip(ids[:, enc["input_ids"].shape[1] :].tolist(), idx):
+                    n = self._until_eos(row)
+                    text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
+                    out[i] = Generation(text, lengths[i], n)
+                if on_batch:
+                    on_batch(len(idx))
+        return out  # type: ignore[return-value]
+
+    def time_request(self, system: System, prompt: AgentPrompt, conversation: list[dict], max_new_tokens: int,
+                     fixed_length: bool = False) -> dict:
+        """One request alone (batch of 1), greedy: time to the first token (the prefill) and to the last.
+
+        The first-token time is read inside the same ``generate`` call, when the first logits reach the logits
+        processors, so the prompt is processed once, as in serving. With ``fixed_length`` the end-of-turn token is
+        ignored and exactly ``max_new_tokens`` are decoded, so two systems do the same decoding work.
+        """
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        sync = self._sync
+
+        class FirstToken(LogitsProcessor):
+            at: float | None = None
+
+            def __call__(self, input_ids, scores):
+                if self.at is None:
+                    sync()
+                    self.at = time.perf_counter()
+                return scores
+
+        clock = FirstToken()
+        enc = self.tokenizer([self.render(system.messages(prompt, conversation))], return_tensors="pt",
+                             add_special_tokens=False).to(self.device)
+        with self.torch.inference_mode(), self.active(system):
+            sync()
+            start = time.perf_counter()
+            ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                      min_new_tokens=max_new_tokens if fixed_length else 0,
+                                      pad_token_id=self.tokenizer.pad_token_id, logits_processor=LogitsProcessorList([clock]))
+            sync()
+            end = time.perf_counter()
+        row = ids[0, enc["input_ids"].shape[1] :].tolist()
+        return {"prefill_s": clock.at - start, "e2e_s": end - start, "input_tokens": int(enc["input_ids"].shape[1]),
+                "output_tokens": len(row) if fixed_length else self._until_eos(row)}
+
+    def _sync(self) -> None:
+        if self.device == "cuda":  # CUDA kernels run asynchronously: wait for them before reading the clock
+            self.torch.cuda.synchronize()
+
+    def _until_eos(self, row: list[int]) -> int:
+        for j, tok in enumerate(row):
+            if tok in self.eos_ids:
+                return j + 1
+        return len(row)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids

@@ -1,0 +1,146 @@
+"""The evaluation report: ``report.json``, ``report.png`` and the tables printed in the terminal.
+
+``report.json``::
+
+    {"systems":  {name: {"kind", "adapter", "strategy", "student_context", "metrics": {metric: value},
+                         "failures": {checker metric: {reason: count}}}},
+     "recovery": {system: {metric: {"ratio", "defined", "reason", "gap", "gap_ci", "ratio_ci", "n"}}},
+     "cost":     {"params", "input_token_ratio", "latency": {...}, "flops_per_request", "break_even": {...}, ...},
+     "commands": [...], "versions": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+COST_METRICS = ("input_tokens", "output_tokens", "flops_per_request")
+
+
+def quality_metrics(report: dict) -> list[str]:
+    """The [0, 1] quality metrics present in the report: single-turn ones, multi-turn ones, then reconstruction;
+    within each, ROUGE-L, exact match, then checkers."""
+    present = []
+    for system in report["systems"].values():
+        for name in system["metrics"]:
+            if name not in present and name not in COST_METRICS:
+                present.append(name)
+
+    def key(name: str):
+        group = 2 if name == "prompt_reconstruction" else 1 if name.startswith("multiturn_") else 0
+        return group, {"rouge_l": 0, "exact_match": 1}.get(name.removeprefix("multiturn_"), 2)
+
+    return sorted(present, key=key)
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def tables(report: dict) -> list:
+    """Rich tables, one column per system (systems are few, metrics many): quality, recovery, and cost."""
+    from rich.table import Table
+
+    names = list(report["systems"])
+    metrics = quality_metrics(report)
+    quality = Table(title=f"genpi eval: {report['inputs']['n']} held-out inputs ({report['inputs']['source']})")
+    quality.add_column("metric")
+    for name in names:
+        quality.add_column(name, justify="right")
+    for m in metrics:
+        quality.add_row(m, *(_fmt(report["systems"][n]["metrics"].get(m)) for n in names))
+
+    recovery = Table(title="recovery = (S - S_unprompted) / (S_prompted - S_unprompted) [95% bootstrap interval]")
+    recovery.add_column("metric")
+    trained = list(report["recovery"])
+    for name in trained:
+        recovery.add_column(name, justify="right")
+    for m in metrics:
+        cells = []
+        for name in trained:
+            r = report["recovery"][name].get(m)
+            if r is None:
+                cells.append("–")
+            elif not r["defined"]:
+                cells.append("undefined")
+            else:
+                ci = r.get("ratio_ci")
+                cells.append(f"{r['ratio']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""))
+        if any(c != "–" for c in cells):
+            recovery.add_row(m, *cells)
+
+    cost = report["cost"]
+    latency = cost.get("latency") or {}
+    costs = Table(title=f"cost per request ({cost['params'] / 1e6:.0f}M parameters, prompt {cost['prompt_tokens']} tokens)")
+    costs.add_column("")
+    for name in names:
+        costs.add_column(name, justify="right")
+    per_system = {n: report["systems"][n]["metrics"] for n in names}
+    flops = {n: m.get("flops_per_request") for n, m in per_system.items()}
+    break_even = cost.get("break_even") or {}
+    costs.add_row("input tokens", *(_fmt(per_system[n].get("input_tokens"), 1) for n in names))
+    costs.add_row("output tokens", *(_fmt(per_system[n].get("output_tokens"), 1) for n in names))
+    costs.add_row("GFLOPs (2·params·tokens)", *(_fmt(flops[n] / 1e9 if flops[n] else None, 2) for n in names))
+    costs.add_row("time to first token s (median)", *(_fmt((latency.get(n) or {}).get("prefill_s")) for n in names))
+    costs.add_row("end-to-end s (median)", *(_fmt((latency.get(n) or {}).get("e2e_s")) for n in names))
+    costs.add_row("break-even requests", *(
+        _fmt(round(break_even[n]["requests"]) if (break_even.get(n) or {}).get("requests") else None) for n in names))
+    return [quality, recovery, costs] if trained else [quality, costs]
+
+
+def notes(report: dict) -> list[str]:
+    """One-line facts printed under the tables: ratios, undefined recoveries, break-even caveats."""
+    cost, out = report["cost"], []
+    lat = cost.get("latency") or {}
+    if cost.get("input_token_ratio"):
+        out.append(f"input tokens per request: prompted / {cost['compared']} = {cost['input_token_ratio']:.2f}x")
+    if lat.get("prefill_ratio"):
+        out.append(f"latency (median of {lat['pairs']} alternating pairs, prompted / {cost['compared']}): "
+                   f"prefill (time to first token) {lat['prefill_ratio']:.2f}x, end-to-end {lat['e2e_ratio']:.2f}x, "
+                   f"per decoded token {lat['decode_per_token_ratio']:.2f}x")
+    for name, be in (cost.get("break_even") or {}).items():
+        if be.get("requests") is None:
+            out.append(f"break-even for {name}: unknown ({be['note']})")
+    return out
+
+
+def plot(report: dict, path: Path) -> None:
+    """Two panels: quality metrics per system (grouped bars) and input tokens per request per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["systems"])
+    metrics = quality_metrics(report)
+    fig, (ax_q, ax_c) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        values = [report["systems"][name]["metrics"].get(m) for m in metrics]
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(metrics))]
+        ax_q.bar(xs, [v if v is not None else 0 for v in values], width, label=name)
+        for x, v in zip(xs, values):
+            if v is None:
+                ax_q.text(x, 0.01, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+    ax_q.set_xticks(range(len(metrics)), metrics, rotation=20, ha="right")
+    ax_q.set_ylim(0, 1.05)
+    ax_q.set_ylabel("score (higher is closer to the prompted teacher)")
+    ax_q.set_title(f"quality on {report['inputs']['n']} held-out inputs")
+    ax_q.legend(fontsize=8)
+    tokens = [report["systems"][n]["metrics"].get("input_tokens") or 0 for n in names]
+    ax_c.bar(range(len(names)), tokens, color=[f"C{i}" for i in range(len(names))])
+    ax_c.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax_c.set_ylabel("input tokens per request")
+    ax_c.set_title("cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,121 @@
+"""The systems compared in an evaluation, and the exact context each one sees.
+
+* ``prompted``: the base model with the full prompt (the teacher view): the upper bound.
+* ``unprompted``: the base model with the student context and no prompt: the lower bound.
+* one system per ``--adapter``: the internalized prompt, with the student context its ``genpi.json`` records.
+* one system per ``--baseline``: an adapter trained with another strategy, labelled by that strategy.
+
+All systems receive the same conversation; only the context before its first turn differs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genpi.errors import UserError
+from genpi.prompt import AgentPrompt, student_messages
+
+GENPI_FILE = "genpi.json"
+
+
+@dataclass
+class System:
+    """One row of the comparison.
+
+    Attributes:
+        name: label in the report.
+        kind: ``"prompted"``, ``"unprompted"``, ``"adapter"`` or ``"baseline"``.
+        adapter: the adapter directory (None for the base model).
+        strategy: the training strategy from ``genpi.json``.
+        student_context: messages placed before the input when there is no prompt ([] = the template's default).
+        info: the adapter's ``genpi.json``.
+    """
+
+    name: str
+    kind: str
+    adapter: str | None = None
+    strategy: str | None = None
+    student_context: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def messages(self, prompt: AgentPrompt, turns: list[dict]) -> list[dict]:
+        """The chat messages this system is given for ``turns`` (a conversation whose first turn is the bare input).
+
+        The teacher view is the prompt and the input with the prompt's input prefix, as in synthesis; every other
+        system sees its student context and the bare input, as in training.
+        """
+        if self.kind == "prompted":
+            head = prompt.teacher_messages(turns[0]["content"])
+        else:
+            head = student_messages(turns[0]["content"], self.student_context)
+        return head + [{"role": m["role"], "content": m["content"]} for m in turns[1:]]
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "adapter": self.adapter, "strategy": self.strategy,
+                "student_context": self.student_context}
+
+
+def read_adapter(path: str | Path, kind: str) -> System:
+    """An adapter directory as a system, named ``strategy`` for a baseline and ``strategy:directory`` otherwise."""
+    path = Path(path)
+    flag = "--adapter" if kind == "adapter" else "--baseline"
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"{flag} {path} is not a PEFT adapter (no adapter_config.json): pass the output directory of `genpi train`")
+    if not (path / GENPI_FILE).is_file():
+        raise UserError(
+            f"{flag} {path} has no {GENPI_FILE}, so its student context is unknown: pass an adapter made by `genpi train`"
+        )
+    try:
+        info = json.loads((path / GENPI_FILE).read_text(encoding="utf-8"))
+    except ValueError:
+        raise UserError(f"{path / GENPI_FILE} is not valid JSON: retrain or restore the file") from None
+    context = info.get("student_context") or []
+    if not isinstance(context, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in context):
+        raise UserError(f"{path / GENPI_FILE}: student_context must be a list of {{role, content}} messages")
+    strategy = str(info.get("strategy") or "adapter")
+    name = strategy if kind == "baseline" else f"{strategy}:{path.name}"
+    return System(name=name, kind=kind, adapter=str(path), strategy=strategy, student_context=context, info=info)
+
+
+def build_systems(
+    prompt: AgentPrompt, adapters: list[str], baselines: list[str], base_model: str = ""
+) -> tuple[list[System], str]:
+    """``prompted``, ``unprompted``, then the adapters and baselines, checked against the prompt and base model.
+
+    ``base_model`` defaults to the first adapter's ``base_model``, else the embedded default. The unprompted
+    system uses the adapters' student context (they must agree on it, or the lower bound would be ambiguous);
+    without adapters it is the template's default context.
+
+    Returns:
+        ``(systems, base_model)``.
+    """
+    from genpi.models import DEFAULT_MODEL, resolve_model
+
+    trained = [read_adapter(a, "adapter") for a in adapters] + [read_adapter(b, "baseline") for b in baselines]
+    base_model = base_model or next((s.info["base_model"] for s in trained if s.info.get("base_model")), DEFAULT_MODEL)
+    for s in trained:
+        flag = "--adapter" if s.kind == "adapter" else "--baseline"
+        if s.info.get("prompt_hash") and s.info["prompt_hash"] != prompt.hash:
+            raise UserError(
+                f"{flag} {s.adapter} was trained for another prompt (hash {s.info['prompt_hash']}, {prompt.source} has "
+                f"{prompt.hash}): pass the prompt file it was trained on"
+            )
+        if s.info.get("base_model") and resolve_model(s.info["base_model"]) != resolve_model(base_model):
+            raise UserError(
+                f"{flag} {s.adapter} was trained on base model {s.info['base_model']!r}, not {base_model!r}: "
+                "pass --model with its base model, or evaluate it separately"
+            )
+    contexts = {json.dumps(s.student_context, sort_keys=True) for s in trained}
+    if len(contexts) > 1:
+        raise UserError("the adapters were trained with different student contexts (see their genpi.json): evaluate them separately")
+    context = trained[0].student_context if trained else []
+    systems = [System("prompted", "prompted"), System("unprompted", "unprompted", student_context=context)] + trained
+    names = [s.name for s in systems]
+    for s in systems:  # two adapters from directories or strategies of the same name: make every label unique
+        if names.count(s.name) > 1 and s.adapter:
+            s.name = f"{s.name} ({Path(s.adapter).parent.name}/{Path(s.adapter).name})"
+    if len({s.name for s in systems}) != len(systems):
+        raise UserError("two systems have the same name: pass adapters from distinct directories")
+    return systems, base_model

@@ -1,0 +1,159 @@
+"""End to end on the real tiny model: evaluate() with PEFT-made adapters writes a complete report."""
+
+import json
+
+import pytest
+
+from genpi.config import EvalConfig
+from genpi.prompt import load_prompt
+from eval_fixtures import make_adapter, write_run
+
+pytestmark = pytest.mark.integration
+
+# A short prompt with the bash example's protocol: the long example (~800 tokens) made this module take minutes on a
+# shared CPU, almost all of it the prompted system's prefill; the benchmark covers the long prompt.
+SHORT_BASH_PROMPT = """You are ShellPilot. Every reply is exactly:
+Think: <one sentence>
+Act: bash, then the command in a ```bash block; or Act: answer(<the answer>); or Act: finish.
+
+<USER>: How many .log files are in /var/log?
+<AGENT>: Think: I count the .log files.
+Act: bash
+```bash
+find /var/log -name "*.log" | wc -l
+```
+<USER>: The output of the OS:
+12
+<AGENT>: Think: The command counted 12 files.
+Act: answer(12)
+<USER>: Now, my problem is:
+"""
+
+QUALITY = ("rouge_l", "exact_match", "bash_protocol", "multiturn_rouge_l", "multiturn_exact_match",
+           "multiturn_bash_protocol")
+COST = ("input_tokens", "output_tokens", "flops_per_request")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a machine shared with other jobs, two spinning threads on two cores ran generation up
+    to ten times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from genpi.models import load_model
+
+    root = tmp_path_factory.mktemp("eval")
+    (root / "prompt.txt").write_text(SHORT_BASH_PROMPT)
+    prompt = load_prompt(root / "prompt.txt")
+    train = write_run(root / "train", prompt.hash, ["List the files in /etc.", "Count the users in /etc/passwd."])
+    held = write_run(root / "held", prompt.hash, ["How many .txt files are in /srv/docs?", "Which process uses port 8080?"])
+    base = load_model("default")
+    adapter = make_adapter(root / "bash", base, prompt_hash=prompt.hash, source_run=str(train), seed=0,
+                           extra={"train_tokens": 40_000})
+    baseline = make_adapter(root / "seqkd", base, strategy="seqkd", prompt_hash=prompt.hash, source_run=str(train), seed=1)
+    return {"root": root, "prompt": prompt, "held": held, "adapter": adapter, "baseline": baseline, "base": base}
+
+
+@pytest.fixture(scope="module")
+def report(setup):
+    from genpi.eval.evaluate import evaluate
+
+    config = EvalConfig(prompt=str(setup["root"] / "prompt.txt"), inputs=str(setup["held"]), adapter=[str(setup["adapter"])],
+                        baseline=[str(setup["baseline"])], out=str(setup["root"] / "report"), checker="bash_protocol",
+                        max_new_tokens=12, batch_size=2, multiturn_turns=2, reconstruction_inputs=1,
+                        reconstruction_max_new_tokens=12, latency_inputs=1, bootstrap=200)
+    returned = evaluate(config)
+    on_disk = json.loads((setup["root"] / "report" / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(returned))
+    return on_disk
+
+
+def test_report_has_every_system_and_metric(setup, report):
+    assert list(report["systems"]) == ["prompted", "unprompted", "genpi:bash", "seqkd"]
+    for name, system in report["systems"].items():
+        for metric in QUALITY + COST:
+            assert system["metrics"][metric] is not None, (name, metric)
+        assert ("prompt_reconstruction" in system["metrics"]) == (name != "prompted")
+    assert report["systems"]["seqkd"]["kind"] == "baseline"
+    for name, system in report["systems"].items():  # every failed check is counted under its reason
+        failed = round((1 - system["metrics"]["bash_protocol"]) * report["inputs"]["n"])
+        assert sum(system["failures"].get("bash_protocol", {}).values()) == failed, name
+    assert report["systems"]["prompted"]["metrics"]["rouge_l"] == 1.0  # the single-turn reference
+    assert report["inputs"]["n"] == 2 and report["inputs"]["multiturn_turns"] == 2
+    assert report["inputs"]["overlap_checked_against"] == [str(setup["root"] / "train")]
+    for name in ("genpi:bash", "seqkd"):
+        assert set(report["recovery"][name]) == set(QUALITY)
+        for r in report["recovery"][name].values():
+            assert (r["ratio"] is None) == (not r["defined"])
+    assert report["commands"] and report["versions"]["torch"]
+
+
+def test_cost_is_measured(report):
+    cost = report["cost"]
+    prompted, adapter = report["systems"]["prompted"]["metrics"], report["systems"]["genpi:bash"]["metrics"]
+    # the prompt adds its own tokens to every request (the chat template differs a little around it)
+    assert prompted["input_tokens"] - adapter["input_tokens"] > 0.9 * cost["prompt_tokens"]
+    assert cost["input_token_ratio"] > 2
+    latency = cost["latency"]
+    assert latency["pairs"] == 1 and latency["prompted"]["prefill_s"] > 0 and latency["genpi:bash"]["e2e_s"] > 0
+    assert latency["prompted"]["input_tokens"] > latency["genpi:bash"]["input_tokens"]
+    assert cost["break_even"]["genpi:bash"]["requests"] > 0
+    assert cost["break_even"]["seqkd"]["requests"] is None  # its genpi.json records no train_tokens
+
+
+def test_outputs_and_chart_are_written(setup, report):
+    out = setup["root"] / "report"
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
+    assert [r["part"] for r in rows] == ["single", "single", "multiturn", "multiturn", "reconstruction"]
+    single = rows[:2]
+    for row in single:
+        assert row["replies"]["prompted"]["text"] == row["reference"]
+    # the adapters are really switched on: their replies are not the bare model's
+    assert any(r["replies"]["genpi:bash"]["text"] != r["replies"]["unprompted"]["text"] for r in single)
+    assert any(r["replies"]["genpi:bash"]["text"] != r["replies"]["seqkd"]["text"] for r in single)
+
+
+def test_base_systems_run_the_unchanged_base_model(setup):
+    """One loaded model serves every system: disabled adapters give the base model's logits exactly."""
+    import torch
+
+    from genpi.eval.generation import Generator
+    from genpi.eval.systems import build_systems
+
+    systems, _ = build_systems(setup["prompt"], [str(setup["adapter"])], [str(setup["baseline"])])
+    gen = Generator("default", systems)
+    ids = gen.tokenizer("Count the users.", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        expected = setup["base"](ids).logits
+        logits = {}
+        for s in systems[1:]:
+            with gen.active(s):
+                logits[s.name] = gen.model(ids).logits
+    assert torch.equal(logits["unprompted"], expected)
+    assert not torch.allclose(logits["genpi:bash"], expected, atol=1e-3)
+    assert not torch.allclose(logits["genpi:bash"], logits["seqkd"], atol=1e-3)
+    assert gen.adapter_params(systems[2]) > 0 and gen.adapter_params(systems[1]) == 0
+
+
+def test_a_broken_adapter_is_a_user_error(setup, tmp_path):
+    import shutil
+
+    from genpi.errors import UserError
+    from genpi.eval.generation import Generator
+    from genpi.eval.systems import read_adapter
+
+    broken = tmp_path / "broken"
+    shutil.copytree(setup["adapter"], broken)
+    weights = broken / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(UserError, match=r"cannot load adapter .*broken"):
+        Generator("default", [read_adapter(broken, "adapter")])
