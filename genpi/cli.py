@@ -16,6 +16,9 @@ EPILOG = """examples:
   genpi models fetch
   genpi synth --prompt examples/bash_agent.txt --out runs/bash --num-inputs 200 --max-turns 4
   genpi synth --prompt agent.txt --base-url http://localhost:8000/v1 --model meta-llama/Llama-3.1-8B-Instruct --out runs/x
+  genpi train --data runs/bash --strategy genpi --output adapters/bash
+  genpi eval --prompt examples/bash_agent.txt --inputs runs/bash-heldout --adapter adapters/bash --out reports/bash
+  genpi run recipes/quickstart.py
 """
 
 
@@ -23,6 +26,22 @@ def _cmd_synth(args) -> int:
     from genpi.synth.pipeline import synthesize
 
     synthesize(from_args(SynthConfig, args))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(args.recipe)
+    if not path.is_file() or path.suffix != ".py":
+        raise UserError(f"recipe {path} is not a Python file: pass a file such as recipes/quickstart.py")
+    spec = importlib.util.spec_from_file_location(f"genpi_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "main", None)):
+        raise UserError(f"recipe {path} has no main(argv) function: see recipes/quickstart.py for the shape")
+    module.main(args.recipe_args)
     return 0
 
 
@@ -152,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parsers(sub)
 
     _add_eval_parser(sub)
+
+    p = sub.add_parser(
+        "run",
+        help="run a recipe file: synth -> train -> eval in one experiment",
+        description="Run a Python recipe file (its main(argv)); arguments after the file go to the recipe.",
+        epilog="examples:\n  genpi run recipes/quickstart.py\n  genpi run recipes/quickstart.py --smoke --out runs/ci\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", help="path of the recipe file")
+    p.add_argument("recipe_args", nargs=argparse.REMAINDER, help="arguments passed to the recipe's main()")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("models", help="manage the embedded default model")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")

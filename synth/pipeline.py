@@ -126,6 +126,8 @@ def gather_inputs(syn: Synthesizer, store: RunStore, seeds: list[str], progress)
     c = syn.config
     done = store.inputs()
     dedup = Deduplicator()
+    for text in excluded_inputs(c.exclude_run):
+        dedup.add(text)
     inputs = [row["input"] for call in done for row in call["accepted"]]
     for text in inputs:
         dedup.add(text)
@@ -236,6 +238,16 @@ def dry_run(prompt: AgentPrompt, config: SynthConfig, seeds: list[str]) -> None:
             console.print(f"[bold]{m['role']}[/bold]:", m["content"], markup=False, highlight=False)
 
 
+def excluded_inputs(run_dir: str) -> list[str]:
+    """The inputs of another run, which this one must not repeat (exact or near duplicates)."""
+    if not run_dir:
+        return []
+    store = RunStore(run_dir)
+    if not store.run_file.exists():
+        raise UserError(f"--exclude-run {run_dir} is not a synthesis run (no run.json): pass the --out of `genpi synth`")
+    return [row["input"] for call in store.inputs() for row in call["accepted"]]
+
+
 def _public_url(url: str) -> str:
     """The URL without any user:password part, so that no credential reaches run.json."""
     from urllib.parse import urlsplit, urlunsplit
@@ -264,6 +276,7 @@ def _validate(c: SynthConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
     if not c.end_marker.strip():
         raise UserError("--end-marker must not be empty")
+    excluded_inputs(c.exclude_run)  # fails now, before the run directory is made, if it is not a run
 
 
 def synthesize(config: SynthConfig, client: ChatClient | None = None, console=None) -> list[dict]:

@@ -67,10 +67,15 @@ def environment_messages(prompt: AgentPrompt, dialogue: list[dict], end_marker: 
     if prompt.demonstrations:
         other = "the user and the environment (for example the operating system whose output the agent reads)"
         how = "answer the agent exactly as the user side answers in the demonstrations that follow; when the agent runs an action, reply with its result in the same format."
+        # The inverted demonstrations carry the prompt's text already: repeating it would double every call.
+        block = f"\nThe agent's instructions and examples follow, with you in the role of {other}."
+        if prompt.system:
+            block = f"\nThe agent's system prompt, between <prompt> tags:\n\n<prompt>\n{prompt.system}\n</prompt>\n" + block
     else:
         other = "the user"
         how = "reply as this user would, in one or two sentences, following up on the agent's last message."
-    system = template("environment").format(other=other, how=how, end_marker=end_marker, prompt=prompt.text)
+        block = f"\nThe agent works under this prompt, between <prompt> tags:\n\n<prompt>\n{prompt.text}\n</prompt>"
+    system = template("environment").format(other=other, how=how, end_marker=end_marker, prompt_block=block)
     messages = [{"role": "system", "content": system}]
     messages += [{"role": _INVERT[m["role"]], "content": m["content"]} for m in prompt.demonstrations]
     first = prompt.teacher_messages(dialogue[0]["content"])[-1]["content"]  # the user side wrote the lead-in too

@@ -214,3 +214,16 @@ def test_plain_prompt_records(tmp_path):
     records = synthesize(cfg(tmp_path, prompt=str(p), num_inputs=3), client=FakeChatClient())
     assert len(records) == 3 and all(r["reason"] for r in records)
     assert parse_prompt("You answer in JSON.").hash == json.loads((tmp_path / "run" / "run.json").read_text())["prompt_hash"]
+
+
+def test_exclude_run_makes_a_disjoint_held_out_run(tmp_path):
+    from genpi.synth.dedup import normalize
+
+    train = synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient())
+    held_cfg = SynthConfig(prompt=BASH, out=str(tmp_path / "held"), num_inputs=4, exclude_run=str(tmp_path / "run"))
+    held = synthesize(held_cfg, client=FakeChatClient())
+    assert len(held) == 4
+    assert not {normalize(r["input"]) for r in held} & {normalize(r["input"]) for r in train}
+    with pytest.raises(UserError, match="--exclude-run"):
+        synthesize(SynthConfig(prompt=BASH, out=str(tmp_path / "x"), exclude_run=str(tmp_path / "nope")), client=FakeChatClient())
+    assert not (tmp_path / "x").exists()
