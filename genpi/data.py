@@ -254,8 +254,9 @@ def prompt_generation_view(tokenizer, record, prompt, context, max_length) -> tu
     needed = len(render_with_labels(tokenizer, pg_messages(record, prompt, context, "", ""), len(context) + 1)[0])
     raise UserError(
         f"--max-length {max_length} cannot hold the prompt-generation target of record {record.get('id')} "
-        f"(the prompt and its reason need {needed} tokens with empty AS-IS/TO-BE): raise --max-length to at least "
-        f"{needed + 64}, or train without prompt generation (--w-pg 0, or --strategy seqkd)"
+        f"(even with AS-IS and TO-BE left out, its example needs {needed} tokens): raise --max-length above "
+        f"{needed} (AS-IS and TO-BE get what is left), or train without prompt generation (--w-pg 0, or "
+        "--strategy seqkd)"
     )
 
 
@@ -343,48 +344,103 @@ def build_examples(
 
 
 class GenPICollator:
-    """Pads a list of examples into one batch: behaviour rows, then prompt-generation rows, in one tensor.
+    """Batches examples: every behaviour and prompt-generation sequence of the batch in one tensor.
 
-    ``task`` says which loss each row feeds. Teacher rows, when present, follow the behaviour rows' order.
-    Padding is on the right; padded label positions are ``IGNORE``.
+    Each position carries ``task`` (which loss its label feeds; -1 on padding) and ``seq`` (the index of its
+    example in the batch; -1 on padding), so that rows can hold several sequences. Teacher sequences, when every
+    example has one, form a second tensor with the same ``seq`` numbering.
+
+    With ``pack`` (the default), sequences are packed first-fit into shared rows and told apart by
+    ``position_ids`` that restart at 0, with no ``attention_mask``: transformers then builds a block-diagonal
+    causal mask, so no sequence sees another, and short behaviour dialogues stop costing the padding up to the long
+    prompt-generation rows. Wider rows need fewer padding tokens but cost more attention (a masked row costs its
+    full width squared), so with ``attention_cost`` (attention work per token and per position of row width,
+    relative to the rest of the model's work per token; see :func:`genpi.trainer.attention_cost`) the row width is
+    chosen, between the longest sequence and ``max_width``, to minimise ``rows·width·(1 + attention_cost·width)``;
+    without it, rows are as wide as the longest sequence. Without ``pack``, each sequence is a right-padded row with
+    an ``attention_mask``.
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_token_id: int, pack: bool = True, attention_cost: float | None = None,
+                 max_width: int | None = None):
         self.pad_token_id = pad_token_id
-        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pack = pack
+        self.attention_cost = attention_cost
+        self.max_width = max_width
 
-    def _pad(self, rows_ids, rows_labels):
+    @staticmethod
+    def _first_fit(seqs, width: int) -> list[list]:
+        bins: list[list] = []
+        room: list[int] = []
+        for s in sorted(seqs, key=lambda s: -len(s[0])):  # longest first
+            for i, free in enumerate(room):
+                if len(s[0]) <= free:
+                    bins[i].append(s)
+                    room[i] -= len(s[0])
+                    break
+            else:
+                bins.append([s])
+                room.append(width - len(s[0]))
+        return bins
+
+    def _packing(self, seqs) -> tuple[int, list[list]]:
+        longest = max(len(s[0]) for s in seqs)
+        if self.attention_cost is None:
+            return longest, self._first_fit(seqs, longest)
+        total = sum(len(s[0]) for s in seqs)
+        cap = max(longest, self.max_width or total)
+        best = None
+        for k in range(1, len(seqs) + 1):  # widths that would fit everything in k rows, were there no gaps
+            width = min(cap, max(longest, -(-total // k)))
+            bins = self._first_fit(seqs, width)
+            cost = len(bins) * width * (1 + self.attention_cost * width)
+            if best is None or cost < best[0]:
+                best = (cost, width, bins)
+        return best[1], best[2]
+
+    def _rows(self, seqs: list[tuple[list[int], list[int], int, int]], prefix: str = "") -> dict:
+        """Tensors for ``(ids, labels, task, seq)`` sequences, packed or padded."""
         import torch
 
-        width = max(len(r) for r in rows_ids)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        ids = torch.full((len(rows_ids), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows_ids), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(rows_ids), width), dtype=torch.long)
-        for i, (r, lab) in enumerate(zip(rows_ids, rows_labels)):
-            ids[i, : len(r)] = torch.tensor(r)
-            labels[i, : len(r)] = torch.tensor(lab)
-            mask[i, : len(r)] = 1
-        return ids, mask, labels
+        if self.pack:
+            width, bins = self._packing(seqs)
+        else:
+            bins = [[s] for s in seqs]
+            width = max(len(s[0]) for s in seqs)
+        shape = (len(bins), width)
+        ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        labels = torch.full(shape, IGNORE, dtype=torch.long)
+        task = torch.full(shape, -1, dtype=torch.long)
+        seq = torch.full(shape, -1, dtype=torch.long)
+        positions = torch.zeros(shape, dtype=torch.long)
+        mask = torch.zeros(shape, dtype=torch.long)
+        for row, b in enumerate(bins):
+            at = 0
+            for s_ids, s_labels, s_task, s_seq in b:
+                n = len(s_ids)
+                ids[row, at : at + n] = torch.tensor(s_ids)
+                labels[row, at : at + n] = torch.tensor(s_labels)
+                task[row, at : at + n] = s_task
+                seq[row, at : at + n] = s_seq
+                positions[row, at : at + n] = torch.arange(n)
+                mask[row, at : at + n] = 1
+                at += n
+            positions[row, at:] = torch.arange(width - at)  # the padding is a block of its own
+        out = {"input_ids": ids, "labels": labels, "task": task, "seq": seq}
+        if self.pack:
+            out["position_ids"] = positions
+        else:
+            out["attention_mask"] = mask
+        return {prefix + k: v for k, v in out.items()}
 
     def __call__(self, examples: list[dict]) -> dict:
-        import torch
-
-        rows_ids = [e["input_ids"] for e in examples]
-        rows_labels = [e["labels"] for e in examples]
-        task = [BEHAVIOUR] * len(examples)
-        for e in examples:
-            if e.get("pg_input_ids"):
-                rows_ids.append(e["pg_input_ids"])
-                rows_labels.append(e["pg_labels"])
-                task.append(PROMPT_GENERATION)
-        ids, mask, labels = self._pad(rows_ids, rows_labels)
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "task": torch.tensor(task)}
+        seqs = [(e["input_ids"], e["labels"], BEHAVIOUR, i) for i, e in enumerate(examples)]
+        seqs += [(e["pg_input_ids"], e["pg_labels"], PROMPT_GENERATION, i)
+                 for i, e in enumerate(examples) if e.get("pg_input_ids")]
+        batch = self._rows(seqs)
         if examples and all(e.get("teacher_input_ids") for e in examples):
-            t_ids, t_mask, t_labels = self._pad([e["teacher_input_ids"] for e in examples],
-                                                [e["teacher_labels"] for e in examples])
-            batch.update(teacher_input_ids=t_ids, teacher_attention_mask=t_mask, teacher_labels=t_labels)
+            teacher = [(e["teacher_input_ids"], e["teacher_labels"], BEHAVIOUR, i) for i, e in enumerate(examples)]
+            batch.update(self._rows(teacher, prefix="teacher_"))
         return batch
 
 

@@ -42,6 +42,8 @@ def _validate(c: TrainConfig) -> dict:
             raise UserError(f"--{name.replace('_', '-')} is {getattr(c, name)}: it must be at least 1")
     if c.max_steps <= 0 and c.epochs <= 0:
         raise UserError("--epochs is 0 and --max-steps is not set: give a positive --epochs or --max-steps")
+    if not 0.0 <= c.warmup_ratio < 1.0:
+        raise UserError(f"--warmup-ratio is {c.warmup_ratio}: give a share of the steps, at least 0 and below 1")
     if not 0.0 <= c.kl_beta <= 1.0 or c.kl_temperature <= 0:
         raise UserError("--kl-beta must be within [0, 1] and --kl-temperature above 0")
     return weights
@@ -181,7 +183,7 @@ def train(config: TrainConfig, console=None) -> Path:
 
     from genpi.data import GenPICollator
     from genpi.models import load_model
-    from genpi.trainer import GenPITrainer
+    from genpi.trainer import GenPITrainer, attention_cost, packing_works
 
     out = Path(c.output)
     ckpt_dir = out / CHECKPOINTS
@@ -228,11 +230,15 @@ def train(config: TrainConfig, console=None) -> Path:
     target = c.lora_target if c.lora_target == "all-linear" else [t.strip() for t in c.lora_target.split(",") if t.strip()]
     lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules=target,
                       task_type="CAUSAL_LM")
+    pack = c.packing and packing_works(model)
+    if c.packing and not pack and state.is_main_process:
+        console.print(f"[yellow]{c.model} does not keep packed sequences apart: training with padded rows[/yellow]")
     trainer = GenPITrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(examples),
-        data_collator=GenPICollator(tokenizer.pad_token_id),
+        data_collator=GenPICollator(tokenizer.pad_token_id, pack=pack, attention_cost=attention_cost(model.config),
+                                    max_width=c.max_length),
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=[RichProgressCallback()],
@@ -262,6 +268,7 @@ def train(config: TrainConfig, console=None) -> Path:
             "max_length": c.max_length,
             "lora": {"r": c.lora_r, "alpha": c.lora_alpha, "dropout": c.lora_dropout, "target": c.lora_target},
             "precision": precision,
+            "packing": pack,
             "records": dataclasses.asdict(stats),
             "steps": trainer.state.global_step,
             "train_seconds": round(seconds, 2),

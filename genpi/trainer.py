@@ -6,9 +6,11 @@
   tokens, so a long prompt-generation target does not drown the behaviour loss (or the reverse).
 * Logits are computed only where a label is supervised (``logits_to_keep`` with a boolean mask), never for the
   whole ``(batch, length, vocab)`` block.
+* Rows may hold several packed sequences (see :class:`genpi.data.GenPICollator`); ``task`` and ``seq`` say, per
+  position, which loss a label feeds and which example it belongs to.
 * The KL term compares the student with the same PEFT model with its adapter disabled, fed the teacher view (the
-  prompt, then the same dialogue). The two views supervise the same token ids in the same order, so the flattened
-  supervised positions align one to one.
+  prompt, then the same dialogue). The two views supervise the same token ids in the same order within each
+  example, so the supervised positions, sorted by example, align one to one.
 """
 
 from __future__ import annotations
@@ -69,27 +71,31 @@ class GenPITrainer(SFTTrainer):
         if self.w_kl and not hasattr(self.accelerator.unwrap_model(self.model), "disable_adapter"):
             raise ValueError("the KL term needs a PEFT model: its teacher is the same model with the adapter disabled")
 
-    def _teacher_logits(self, model, inputs) -> torch.Tensor:
+    @staticmethod
+    def _model_inputs(inputs, prefix: str = "") -> dict:
+        keys = ("input_ids", "attention_mask", "position_ids")
+        return {k: inputs[prefix + k] for k in keys if prefix + k in inputs}
+
+    def _teacher_logits(self, model, inputs, keep) -> torch.Tensor:
         """Logits of the base model (adapter off) on the teacher view's supervised positions, without gradient."""
-        keep = scored_positions(inputs["teacher_labels"])
         with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-            out = model(input_ids=inputs["teacher_input_ids"], attention_mask=inputs["teacher_attention_mask"],
-                        logits_to_keep=keep, use_cache=False)
+            out = model(**self._model_inputs(inputs, "teacher_"), logits_to_keep=keep, use_cache=False)
         return out.logits
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels, task = inputs["labels"], inputs["task"]
+        labels = inputs["labels"]
         keep = scored_positions(labels)
         targets = labels[:, 1:][keep[:, :-1]]
-        token_task = task[:, None].expand_as(keep)[keep]
+        token_task = inputs["task"][keep]
         beh, pg = token_task == BEHAVIOUR, token_task == PROMPT_GENERATION
 
         use_kl = self.w_kl > 0 and "teacher_input_ids" in inputs
-        teacher_logits = self._teacher_logits(model, inputs) if use_kl else None
+        if use_kl:
+            t_keep = scored_positions(inputs["teacher_labels"])
+            teacher_logits = self._teacher_logits(model, inputs, t_keep)
 
-        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep,
-                    use_cache=False)
-        logits = out.logits  # (supervised tokens, vocab), rows in batch order
+        out = model(**self._model_inputs(inputs), logits_to_keep=keep, use_cache=False)
+        logits = out.logits  # (supervised tokens, vocab), in row-major order of the batch
         nll = F.cross_entropy(logits.float(), targets, reduction="none")
         l_sft = nll[beh].sum() / beh.sum().clamp(min=1)
         l_pg = nll[pg].sum() / pg.sum().clamp(min=1)
@@ -98,10 +104,14 @@ class GenPITrainer(SFTTrainer):
         if pg.any() or self.w_pg:
             terms["loss/pg"] = l_pg
         if use_kl:
-            teacher_targets = inputs["teacher_labels"][:, 1:][scored_positions(inputs["teacher_labels"])[:, :-1]]
-            if not torch.equal(teacher_targets, targets[beh]):
+            # Rows may hold several sequences in any order: a stable sort by sequence puts the supervised tokens of
+            # both views in the same (sequence, position) order.
+            s_order = torch.sort(inputs["seq"][keep][beh], stable=True).indices
+            t_order = torch.sort(inputs["teacher_seq"][t_keep], stable=True).indices
+            t_targets = inputs["teacher_labels"][:, 1:][t_keep[:, :-1]][t_order]
+            if not torch.equal(t_targets, targets[beh][s_order]):
                 raise RuntimeError("teacher and behaviour views do not supervise the same tokens: views are misbuilt")
-            kl = generalized_jsd(logits[beh], teacher_logits, self.kl_beta, self.kl_temperature)
+            kl = generalized_jsd(logits[beh][s_order], teacher_logits[t_order], self.kl_beta, self.kl_temperature)
             l_kl = kl.sum() / beh.sum().clamp(min=1)
             loss = loss + self.w_kl * l_kl
             terms["loss/kl"] = l_kl
@@ -110,3 +120,40 @@ class GenPITrainer(SFTTrainer):
         for name, value in terms.items():
             self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
         return (loss, out) if return_outputs else loss
+
+
+def packing_works(model) -> bool:
+    """Whether ``model`` keeps packed sequences apart (block-diagonal attention from restarting ``position_ids``).
+
+    transformers builds that mask for models that use its generic causal-mask helpers; a model with its own mask
+    code would let packed sequences see each other, so this checks, on two short sequences, that the packed logits
+    equal the logits of each sequence alone.
+    """
+    a, b = [5, 17, 29, 41, 53, 65], [7, 19, 31, 43]
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        try:
+            device = next(model.parameters()).device
+            packed = model(input_ids=torch.tensor([a + b], device=device),
+                           position_ids=torch.tensor([list(range(len(a))) + list(range(len(b)))], device=device)).logits
+            alone = model(input_ids=torch.tensor([b], device=device)).logits
+        finally:
+            model.train(was_training)
+    return bool(torch.allclose(packed[0, len(a):].float(), alone[0].float(), atol=1e-3, rtol=1e-3))
+
+
+def attention_cost(config) -> float:
+    """Attention work per token and per position of context, relative to the rest of a forward's work per token.
+
+    Per token, the linear layers cost about one multiply-add per non-embedding weight, and attention about
+    ``2 · hidden · layers`` per position it looks at (scores and weighted sum). Used to choose packed row widths.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden, layers = text.hidden_size, text.num_hidden_layers
+    inter = getattr(text, "intermediate_size", 4 * hidden)
+    heads = text.num_attention_heads
+    kv = getattr(text, "num_key_value_heads", heads) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    per_layer = hidden * (heads * head_dim) * 2 + hidden * (kv * head_dim) * 2 + 3 * hidden * inter
+    return 2 * heads * head_dim * layers / (per_layer * layers)

@@ -73,22 +73,28 @@ def test_joint_loss_falls_on_a_fixed_batch_and_the_saved_adapter_reloads(tmp_pat
     assert not torch.allclose(_logits(load_model("default"), ids), expected, atol=1e-3)
 
 
-def test_kl_is_zero_for_identical_views_and_positive_with_the_prompt(tmp_path, smol_tokenizer):
+def test_kl_is_zero_for_identical_views_positive_with_the_prompt_and_packing_changes_nothing(tmp_path, smol_tokenizer):
     tok = smol_tokenizer
     recs = [fx.record(0), fx.record(2)]  # dialogues that start with the bare input
     no_prompt = AgentPrompt(messages=(), kind="chat")  # teacher view == student view
     same, _ = build_examples(tok, recs, no_prompt, max_length=384, prompt_generation=False, teacher=True)
     assert same[0]["teacher_input_ids"] == same[0]["input_ids"]
-    prompted, _ = build_examples(tok, recs, fx.prompt(), max_length=384, prompt_generation=False, teacher=True)
-    trainer = _trainer(tmp_path, same, tok, w_sft=1.0, w_kl=1.0)
+    prompted, _ = build_examples(tok, recs, fx.prompt(), max_length=384, teacher=True)
+    trainer = _trainer(tmp_path, same, tok, w_sft=0.7, w_pg=0.3, w_kl=1.0)
     trainer.model.eval()
-    collate = GenPICollator(tok.pad_token_id)
+    metrics = trainer._metrics["eval"]
     with torch.no_grad():
-        trainer.compute_loss(trainer.model, collate(same))
-        trainer.compute_loss(trainer.model, collate(prompted))
-    kl_same, kl_prompted = trainer._metrics["eval"]["loss/kl"]
-    assert abs(kl_same) < 1e-5
-    assert kl_prompted > 1e-2
+        trainer.compute_loss(trainer.model, GenPICollator(tok.pad_token_id)(same))
+        assert abs(metrics["loss/kl"][-1]) < 1e-5
+        for pack in (True, False):
+            batch = GenPICollator(tok.pad_token_id, pack=pack)(prompted)
+            assert ("position_ids" in batch) == pack
+            trainer.compute_loss(trainer.model, batch)
+    kl_packed, kl_padded = metrics["loss/kl"][-2:]
+    assert kl_packed > 1e-2
+    # packed rows (block-diagonal attention) and padded rows give the same losses
+    for key in ("loss/sft", "loss/pg", "loss/kl"):
+        assert metrics[key][-2] == pytest.approx(metrics[key][-1], rel=1e-4, abs=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import train_fixtures as fx
 from genpi.cli import build_parser, main
 from genpi.config import STRATEGIES, TrainConfig, from_args, from_dict
 from genpi.errors import UserError
-from genpi.trainer import generalized_jsd, scored_positions
+from genpi.trainer import generalized_jsd, packing_works, scored_positions
 
 
 def test_presets_follow_the_paper_and_flags_override_them():
@@ -64,6 +64,31 @@ def test_scored_positions_point_at_the_token_before_each_label():
                                                  [True, False, False, False, False]]
 
 
+class _CumsumLM(torch.nn.Module):
+    """A stand-in causal LM whose logits at a position sum the embeddings so far: within its sequence only when it
+    honours restarting ``position_ids``, across the whole row when it does not."""
+
+    def __init__(self, honours_positions: bool):
+        super().__init__()
+        self.emb = torch.nn.Embedding(100, 8)
+        self.honours_positions = honours_positions
+
+    def forward(self, input_ids, position_ids=None):
+        x = self.emb(input_ids)
+        if self.honours_positions and position_ids is not None:
+            starts = (position_ids == 0).long().cumsum(-1)
+            out = torch.stack([torch.stack([x[b, (starts[b] == starts[b, t]) & (torch.arange(x.shape[1]) <= t)].sum(0)
+                                            for t in range(x.shape[1])]) for b in range(x.shape[0])])
+        else:
+            out = x.cumsum(1)
+        return type("Out", (), {"logits": out})()
+
+
+def test_packing_check_tells_models_that_keep_sequences_apart():
+    assert packing_works(_CumsumLM(honours_positions=True))
+    assert not packing_works(_CumsumLM(honours_positions=False))
+
+
 @pytest.mark.parametrize("command", ["train", "export"])
 def test_help_of_each_training_command(command, capsys):
     with pytest.raises(SystemExit) as e:
@@ -85,6 +110,7 @@ def test_export_of_a_directory_without_adapter_is_a_user_error(tmp_path, capsys)
     (["--data", "R", "--prepend-share", "2"], "--prepend-share is 2.0"),
     (["--data", "R", "--precision", "fp8"], "--precision 'fp8'"),
     (["--data", "R", "--batch-size", "0"], "--batch-size is 0"),
+    (["--data", "R", "--warmup-ratio", "1.5"], "--warmup-ratio is 1.5"),
 ])
 def test_bad_train_flags_are_one_line_errors(flags, message, capsys):
     assert main(["train", *flags]) == 2

@@ -174,20 +174,47 @@ def test_render_with_labels_supervises_only_from_the_given_message(smol_tokenize
     assert tok.decode(ids) == tok.apply_chat_template(messages, tokenize=False)
 
 
-def test_collator_mixes_both_tasks_in_one_batch(smol_tokenizer):
+def _sequences(batch, prefix=""):
+    """``{(seq, task): (ids, labels, positions)}`` read back from a collated batch."""
+    out = {}
+    seq, task = batch[prefix + "seq"], batch[prefix + "task"]
+    for key in {(int(a), int(b)) for a, b in zip(seq.flatten(), task.flatten()) if a >= 0}:
+        where = (seq == key[0]) & (task == key[1])
+        rows = where.any(1).nonzero().flatten().tolist()
+        assert len(rows) == 1  # a sequence never spans two rows
+        cols = where[rows[0]].nonzero().flatten()
+        assert (cols.diff() == 1).all()  # and is contiguous
+        positions = batch[prefix + "position_ids"][rows[0], cols].tolist() if prefix + "position_ids" in batch else None
+        out[key] = (batch[prefix + "input_ids"][rows[0], cols].tolist(), batch[prefix + "labels"][rows[0], cols].tolist(),
+                    positions)
+    return out
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_collator_puts_both_tasks_in_one_batch(smol_tokenizer, pack):
     tok = smol_tokenizer
     examples, _ = build_examples(tok, fx.records(3), fx.prompt(), max_length=512, teacher=True)
-    batch = GenPICollator(tok.pad_token_id)(examples)
-    assert batch["task"].tolist() == [BEHAVIOUR] * 3 + [PROMPT_GENERATION] * 3
-    n, width = batch["input_ids"].shape
-    assert n == 6 and width == max(len(e["pg_input_ids"]) for e in examples)
+    batch = GenPICollator(tok.pad_token_id, pack=pack)(examples)
+    seqs = _sequences(batch)
+    assert set(seqs) == {(i, t) for i in range(3) for t in (BEHAVIOUR, PROMPT_GENERATION)}
     for i, e in enumerate(examples):
-        length = len(e["input_ids"])
-        assert batch["input_ids"][i, :length].tolist() == e["input_ids"]
-        assert batch["attention_mask"][i].sum().item() == length
-        assert (batch["labels"][i, length:] == IGNORE).all()
-        assert batch["labels"][3 + i, : len(e["pg_labels"])].tolist() == e["pg_labels"]
-        assert batch["teacher_input_ids"][i, : len(e["teacher_input_ids"])].tolist() == e["teacher_input_ids"]
+        for task, ids, labels in ((BEHAVIOUR, e["input_ids"], e["labels"]),
+                                  (PROMPT_GENERATION, e["pg_input_ids"], e["pg_labels"])):
+            got_ids, got_labels, positions = seqs[(i, task)]
+            assert (got_ids, got_labels) == (ids, labels)
+            if pack:
+                assert positions == list(range(len(ids)))  # positions restart for every packed sequence
+        t_ids, t_labels, _ = _sequences(batch, "teacher_")[(i, BEHAVIOUR)]
+        assert (t_ids, t_labels) == (e["teacher_input_ids"], e["teacher_labels"])
+    padding = batch["seq"] < 0
+    assert (batch["labels"][padding] == IGNORE).all() and (batch["input_ids"][padding] == tok.pad_token_id).all()
+    width = max(len(e["pg_input_ids"]) for e in examples)
+    assert batch["input_ids"].shape[1] == width
+    if pack:
+        assert "attention_mask" not in batch and batch["input_ids"].shape[0] < 6  # short dialogues share rows
+    else:
+        assert batch["input_ids"].shape[0] == 6 and "position_ids" not in batch
+        assert (batch["attention_mask"].bool() == ~padding).all()
 
 
 def test_run_directory_loads_through_the_store(tmp_path):
@@ -210,3 +237,20 @@ def test_prompt_is_rebuilt_from_run_json_when_its_file_is_gone(tmp_path):
 def test_missing_run_directory_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="--data"):
         load_training_run(tmp_path / "nope")
+
+
+def _fake(lengths):
+    return [([7] * n, [7] * n, BEHAVIOUR, i) for i, n in enumerate(lengths)]
+
+
+def test_packing_width_trades_padding_against_attention():
+    seqs = _fake([942, 942, 224, 224])
+    rows = lambda bins: sorted(sorted(len(s[0]) for s in b) for b in bins)  # noqa: E731
+    width, bins = GenPICollator(0)._packing(seqs)
+    assert width == 942 and rows(bins) == [[224, 224], [942], [942]]
+    width, bins = GenPICollator(0, attention_cost=3.3e-4, max_width=2048)._packing(seqs)
+    assert width == 1166 and rows(bins) == [[224, 942], [224, 942]]  # no padding at all, two rows
+    width, _ = GenPICollator(0, attention_cost=1.0, max_width=2048)._packing(seqs)
+    assert width == 942  # attention dominates: no row wider than the longest sequence
+    width, bins = GenPICollator(0, attention_cost=1e-9, max_width=1000)._packing(seqs)
+    assert width <= 1000 and sum(len(s[0]) for b in bins for s in b) == 2332
