@@ -319,7 +319,7 @@ def build_examples(
         ids, labels, turns = fitted
         stats.cut_turns += turns < _agent_turns(record)
         stats.prepended += prepended
-        example = {"id": str(record["id"]), "input_ids": ids, "labels": labels}
+        example = {"id": str(record["id"]), "input_ids": ids, "labels": labels, "prepended": prepended}
         stats.tokens["behaviour"] += sum(lab != IGNORE for lab in labels)
         if prompt_generation:
             pg_ids, pg_labels = prompt_generation_view(tokenizer, record, prompt, context, max_length)

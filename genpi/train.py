@@ -95,7 +95,8 @@ def _dry_run(tokenizer, examples, stats, weights, console) -> None:
     from genpi.data import decode_view
 
     e = examples[0]
-    views = [("behaviour (student context)", e["input_ids"], e["labels"])]
+    context = "the prompt kept in context, unsupervised" if e.get("prepended") else "student context"
+    views = [(f"behaviour ({context})", e["input_ids"], e["labels"])]
     if "pg_input_ids" in e:
         views.append(("prompt generation", e["pg_input_ids"], e["pg_labels"]))
     if "teacher_input_ids" in e:

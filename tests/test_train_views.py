@@ -149,6 +149,7 @@ def test_prepend_keeps_the_prompt_for_an_exact_share_with_prompt_tokens_masked(s
                                      prepend_share=0.5, seed=3)
     with_prompt = [e for e in examples if "You are ShellBot" in tok.decode(e["input_ids"])]
     assert len(with_prompt) == stats.prepended == 2
+    assert all(e["prepended"] == (e in with_prompt) for e in examples)
     by_id = {r["id"]: r for r in recs}
     for ex in examples:
         runs = supervised_runs(tok, ex["input_ids"], ex["labels"])
