@@ -81,7 +81,6 @@ class TrainConfig:
     student_context: str = _f("", "messages before each input at training and inference, as JSON (default none: the template's own)")
     max_length: int = _f(2048, "tokens per example at most; a prompt-generation target must fit whole")
     packing: bool = _f(True, "pack a batch's sequences into shared rows (block-diagonal attention) instead of padding each")
-    packing: bool = _f(True, "pack a batch's sequences into shared rows (block-diagonal attention) instead of padding each")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = _f(0.05, "dropout on the LoRA input")

@@ -278,6 +278,7 @@ def train(config: TrainConfig, console=None) -> Path:
         }
         (out / GENPI_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         plot_losses(history, out / "loss.png")
+        console.print()  # below the progress panel
         console.print(_summary(c, weights, stats, history, trainer.state.global_step, seconds, out))
     state.wait_for_everyone()
     return out
