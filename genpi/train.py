@@ -216,6 +216,9 @@ def train(config: TrainConfig, console=None) -> Path:
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
         report_to="none",
+        # Every token of every row the model computed (padding included), summed over processes and kept in the
+        # checkpoints: genpi.json's train_tokens, from which `genpi eval` estimates training cost and break-even.
+        include_num_input_tokens_seen="all",
     )
     state = PartialState()  # the state the training arguments just set up
     resume_from = _prepare_output(c, state.is_main_process)
@@ -272,6 +275,10 @@ def train(config: TrainConfig, console=None) -> Path:
             "packing": pack,
             "records": dataclasses.asdict(stats),
             "steps": trainer.state.global_step,
+            "train_tokens": int(trainer.state.num_input_tokens_seen),
+            # The teacher's forward passes (KL strategies) are not in train_tokens: its tokens per epoch times the
+            # epochs done.
+            "teacher_tokens": round(sum(len(e.get("teacher_input_ids", ())) for e in examples) * trainer.state.epoch),
             "train_seconds": round(seconds, 2),
             "processes": state.num_processes,
             "config": dataclasses.asdict(c),

@@ -130,17 +130,24 @@ def packing_works(model) -> bool:
     equal the logits of each sequence alone.
     """
     a, b = [5, 17, 29, 41, 53, 65], [7, 19, 31, 43]
+    # use_cache=False as in training: with a KV cache, transformers skips its packed-sequence detection and the
+    # check would wrongly fail (and training fall back to padded rows).
     with torch.no_grad():
         was_training = model.training
         model.eval()
         try:
             device = next(model.parameters()).device
-            packed = model(input_ids=torch.tensor([a + b], device=device),
+            packed = model(input_ids=torch.tensor([a + b], device=device), use_cache=False,
                            position_ids=torch.tensor([list(range(len(a))) + list(range(len(b)))], device=device)).logits
-            alone = model(input_ids=torch.tensor([b], device=device)).logits
+            alone = model(input_ids=torch.tensor([b], device=device), use_cache=False).logits
         finally:
             model.train(was_training)
-    return bool(torch.allclose(packed[0, len(a):].float(), alone[0].float(), atol=1e-3, rtol=1e-3))
+    exact = alone.dtype == torch.float32
+    packed, alone = packed[0, len(a):].float(), alone[0].float()
+    scale = float(alone.abs().max())
+    # Leaked attention moves logits by whole units; bf16/fp16 rounding of logits around 20 is about 0.1.
+    tol = 1e-3 * (1 + scale) if exact else 0.02 * scale
+    return bool((packed - alone).abs().max() <= tol)
 
 
 def attention_cost(config) -> float:

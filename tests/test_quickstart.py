@@ -27,7 +27,13 @@ def test_quickstart_smoke_report_has_every_system_and_metric(tmp_path, smol_path
             if name == "prompted" and metric == "prompt_reconstruction":
                 continue  # the prompted system has the prompt in context: it is not asked to write it back
             assert metric in s["metrics"], (name, metric)
-    assert report["recovery"] and report["cost"]
+    assert set(report["recovery"]) == {n for n, s in systems.items() if s["kind"] in ("adapter", "baseline")}
+    cost = report["cost"]
+    assert cost["input_token_ratio"] > 5 and cost["flops_ratio"] > 1
+    assert cost["latency"]["prefill_ratio"] and cost["latency"]["e2e_ratio"]
+    for name, s in systems.items():  # break-even from the tokens each adapter's training really processed
+        if s["kind"] in ("adapter", "baseline"):
+            assert cost["break_even"][name]["requests"] > 0, cost["break_even"][name]["note"]
     assert (out / "report" / "report.png").stat().st_size > 10_000
     for strategy in ("genpi", "seqkd"):
         meta = json.loads((out / "adapters" / strategy / "genpi.json").read_text())

@@ -44,6 +44,16 @@ def _logits(model, ids):
         return model(input_ids=ids).logits
 
 
+def test_the_tiny_model_keeps_packed_sequences_apart(smol_path):
+    """A false "no" here silently trains on padded rows: 1.4-1.7x slower, and wide padded rows exhaust RAM."""
+    from genpi.models import load_model
+    from genpi.trainer import packing_works
+
+    model = load_model("default")
+    model.train()  # the state the trainer calls it in
+    assert packing_works(model)
+
+
 def test_joint_loss_falls_on_a_fixed_batch_and_the_saved_adapter_reloads(tmp_path, smol_tokenizer):
     from peft import PeftModel
 
@@ -122,6 +132,20 @@ def test_train_writes_adapter_metadata_and_loss_plot(trained):
     assert meta["max_length"] == 384 and meta["records"]["used"] == 4 and meta["records"]["skipped_error"] == 2
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert first["steps"] == 2
+
+
+def test_train_tokens_count_what_was_computed_across_a_resume(trained, smol_tokenizer):
+    """genpi.json's token counts (eval's training cost and break-even) cover both runs of a resumed training."""
+    run, out, first = trained
+    examples, _ = build_examples(smol_tokenizer, fx.records(), fx.prompt(), max_length=384, prompt_generation=True,
+                                 teacher=True)
+    lengths = [len(e["input_ids"]) + len(e["pg_input_ids"]) for e in examples]  # one record per step (batch 1)
+    meta = json.loads((out / "genpi.json").read_text())
+    assert 2 * min(lengths) <= first["train_tokens"] <= 2 * 2 * max(lengths)  # rows may pad, at most to double
+    assert 3 * min(lengths) <= meta["train_tokens"] <= 3 * 2 * max(lengths)
+    assert meta["train_tokens"] - first["train_tokens"] >= min(lengths)  # the resumed step added to the count
+    teacher = sum(len(e["teacher_input_ids"]) for e in examples)
+    assert meta["teacher_tokens"] == round(teacher * 3 / len(examples))  # 3 of 4 records: 0.75 epochs
 
 
 def test_resume_continues_the_step_count(trained):

@@ -73,7 +73,7 @@ class _CumsumLM(torch.nn.Module):
         self.emb = torch.nn.Embedding(100, 8)
         self.honours_positions = honours_positions
 
-    def forward(self, input_ids, position_ids=None):
+    def forward(self, input_ids, position_ids=None, use_cache=None):
         x = self.emb(input_ids)
         if self.honours_positions and position_ids is not None:
             starts = (position_ids == 0).long().cumsum(-1)
