@@ -90,7 +90,7 @@ def _from_run(path: Path, prompt_hash: str | None) -> HeldOut:
 
 def _from_file(path: Path) -> HeldOut:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise UserError(f"--inputs {path} is not UTF-8 text: re-save it as UTF-8") from None
     lines = text.splitlines()

@@ -35,6 +35,9 @@ class SynthConfig:
     max_turns: int = _f(3, "agent turns per role-swapped dialogue at most")
     end_marker: str = _f("<END>", "text the environment writes when the dialogue is over")
     base_url: str = _f("", "OpenAI-compatible server URL (default: $OPENAI_BASE_URL, else the embedded local server)")
+    # Never written: run.json and the resume signature leave it out (see `public`), and repr hides it.
+    api_key: str = field(default="", repr=False, metadata={
+        "help": "API key of --base-url (default: $OPENAI_API_KEY; the variable keeps it out of the process list)"})
     model: str = _f("default", "agent/teacher model served at --base-url (also the default for the roles below)")
     env_model: str = _f("", "model playing the user/environment side (default: --model)")
     synth_model: str = _f("", "model proposing inputs and writing reasons (default: --model)")
@@ -50,7 +53,13 @@ class SynthConfig:
     def signature(self) -> dict:
         """The fields that decide a record's content: a resume must match them exactly."""
         keep = ("num_inputs", "out", "base_url", "concurrency", "timeout", "retries", "overwrite", "dry_run", "prompt")
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in keep}
+        return {k: v for k, v in self.public().items() if k not in keep}
+
+    def public(self) -> dict:
+        """The settings without the API key (the pipeline also strips credentials from ``base_url``)."""
+        out = dataclasses.asdict(self)
+        del out["api_key"]
+        return out
 
 
 # Strategy presets: data views and loss weights. `prepend_share` is the share of behaviour examples that keep the

@@ -119,7 +119,7 @@ def load_prompt(path: str | Path) -> AgentPrompt:
     if b"\x00" in data:
         raise UserError(f"prompt file {path} is binary: pass a UTF-8 text, transcript or chat JSON file")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not text
     except UnicodeDecodeError as e:
         raise UserError(f"prompt file {path} is not valid UTF-8 (byte {e.start}): re-save it as UTF-8") from None
     return parse_prompt(text, source=str(path))

@@ -49,13 +49,19 @@ class OpenAIChatClient:
         import openai
 
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        self.public_url = public_url(self.base_url)  # what messages show: no user:password, no query string
         # Local servers need no key, but the SDK insists on one being set.
         key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
         # The SDK's own retries are off: tenacity below owns the policy, so it is the same for every server.
         self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=0)
         self.retries = retries
         self.retry_count = 0
+        self._closed = False
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop retrying: calls in flight fail at their next error instead of backing off (used on Ctrl-C)."""
+        self._closed = True
 
     def chat(self, messages, *, model, temperature, max_tokens, seed=None) -> ChatResult:
         import openai
@@ -70,7 +76,7 @@ class OpenAIChatClient:
             kwargs["seed"] = seed
         try:
             for attempt in Retrying(
-                retry=retry_if_exception(is_transient),
+                retry=retry_if_exception(lambda e: not self._closed and is_transient(e)),
                 stop=stop_after_attempt(self.retries),
                 wait=wait_random_exponential(multiplier=0.5, max=20),
                 before_sleep=before_sleep,
@@ -78,12 +84,16 @@ class OpenAIChatClient:
             ):
                 with attempt:
                     response = self._client.chat.completions.create(**kwargs)
-        except openai.AuthenticationError:
-            raise UserError(f"the server at {self.base_url} refused the API key (401): set OPENAI_API_KEY") from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise UserError(f"the server at {self.public_url} refused the API key ({e.status_code}): "
+                            "set OPENAI_API_KEY (or --api-key) to a key it accepts") from None
+        except openai.NotFoundError:
+            raise UserError(f"the server at {self.public_url} has no model {model!r} (404): pass --model with a model "
+                            "it serves, and check that --base-url ends in /v1") from None
+        except openai.APITimeoutError:
+            raise  # this call took too long every time: an error of this call (its record keeps it), not of the server
         except openai.APIConnectionError:
-            raise UserError(
-                f"cannot reach the chat server at {self.base_url}: start it or fix --base-url"
-            ) from None
+            raise UserError(f"cannot reach the chat server at {self.public_url}: start it or fix --base-url") from None
         choice = response.choices[0]
         usage = response.usage
         return ChatResult(
@@ -92,6 +102,21 @@ class OpenAIChatClient:
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
             finish_reason=choice.finish_reason or "",
         )
+
+
+def public_url(url: str) -> str:
+    """``url`` without a ``user:password@`` part, query string or fragment, so no credential reaches a file or log."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        name = parts.hostname and (f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname)
+        host = name and name + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        raise UserError(f"--base-url is not a valid URL: give one such as http://localhost:8000/v1") from None
+    if not host:
+        return url.split("?", 1)[0].split("#", 1)[0]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from genpi.config import SynthConfig
 from genpi.errors import UserError
 from genpi.prompt import AgentPrompt, load_prompt
 from genpi.synth import roles
-from genpi.synth.client import ChatClient, ChatResult, OpenAIChatClient
+from genpi.synth.client import ChatClient, ChatResult, OpenAIChatClient, public_url
 from genpi.synth.dedup import Deduplicator
 from genpi.synth.store import RunStore, stable_id
 
@@ -57,22 +59,31 @@ class Synthesizer:
     client: ChatClient
     models: Roles
     usage: Usage = field(default_factory=Usage)
+    stopped: threading.Event = field(default_factory=threading.Event)  # set on Ctrl-C: workers make no new calls
 
     def _seed(self, *parts) -> int:
         return int(stable_id(self.config.seed, *parts), 16) % (2**31)
 
     def _chat(self, messages, model, *parts) -> ChatResult:
         c = self.config
+        if self.stopped.is_set():
+            raise InterruptedError("the run was interrupted")
         r = self.client.chat(messages, model=model, temperature=c.temperature, max_tokens=c.max_tokens, seed=self._seed(*parts))
         self.usage.add(r)
         return r
 
     # --- step 1: inputs
 
-    def propose_inputs(self, call: int, examples: list[str]) -> tuple[str, list[str]]:
+    def propose_inputs(self, call: int, examples: list[str]) -> tuple[str, list[str], str]:
+        """``(raw output, candidate inputs, error)``: a failed call is kept with its error, like a failed record."""
         messages = roles.inputs_messages(self.prompt, self.config.inputs_per_call, examples)
-        raw = self._chat(messages, self.models.synth, "inputs", call).text
-        return raw, roles.parse_inputs(raw)
+        try:
+            raw = self._chat(messages, self.models.synth, "inputs", call).text
+        except UserError:
+            raise
+        except Exception as e:
+            return "", [], f"{type(e).__name__}: {e}"
+        return raw, roles.parse_inputs(raw), ""
 
     # --- steps 2-4: one record
 
@@ -121,6 +132,25 @@ def _progress():
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), transient=False)
 
 
+@contextmanager
+def _workers(syn: Synthesizer):
+    """A thread pool that, on Ctrl-C or an error, stops at once: no new calls, no retries, no waiting.
+
+    Calls already sent finish in the background (the embedded server is stopped right after); their records were
+    not finished, so nothing finished is lost, and the rerun makes them.
+    """
+    pool = ThreadPoolExecutor(max_workers=syn.config.concurrency)
+    try:
+        yield pool
+    except BaseException:
+        syn.stopped.set()
+        if hasattr(syn.client, "close"):
+            syn.client.close()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def gather_inputs(syn: Synthesizer, store: RunStore, seeds: list[str], progress) -> list[str]:
     """Step 1, resumable: rounds of ``concurrency`` calls, deduplicated in call order, one line per call."""
     c = syn.config
@@ -145,13 +175,13 @@ def gather_inputs(syn: Synthesizer, store: RunStore, seeds: list[str], progress)
     # A small model repeats itself: give up after enough rounds that brought nothing new.
     max_calls = next_call + 4 * math.ceil(max(0, c.num_inputs - len(inputs)) / max(1, c.inputs_per_call)) + 4
     task = progress.add_task("inputs", total=c.num_inputs, completed=min(len(inputs), c.num_inputs), rate="")
-    with ThreadPoolExecutor(max_workers=c.concurrency) as pool:
+    with _workers(syn) as pool:
         while len(inputs) < c.num_inputs and next_call < max_calls:
             examples = inputs[-12:]
             calls = list(range(next_call, next_call + c.concurrency))
             results = list(pool.map(lambda k: syn.propose_inputs(k, examples), calls))
             new_total = 0
-            for k, (raw, candidates) in zip(calls, results):
+            for k, (raw, candidates, error) in zip(calls, results):
                 accepted, rejected = [], []
                 for text in candidates:
                     if len(inputs) < c.num_inputs and dedup.add(text):
@@ -160,9 +190,13 @@ def gather_inputs(syn: Synthesizer, store: RunStore, seeds: list[str], progress)
                         inputs.append(text)
                     else:
                         rejected.append(text)
-                store.append_input_call({"call": k, "raw": raw, "accepted": accepted, "rejected": rejected})
+                store.append_input_call({"call": k, "raw": raw, "accepted": accepted, "rejected": rejected, "error": error})
                 new_total += len(accepted)
             next_call += len(calls)
+            errors = [error for _, _, error in results if error]
+            if len(errors) == len(results):
+                raise UserError(f"every call proposing user inputs failed ({errors[0]}); they are kept in "
+                                f"{store.dir / 'inputs.jsonl'}: fix the server or --synth-model, then rerun to resume")
             stale = stale + 1 if new_total == 0 else 0
             if stale >= 3:
                 break
@@ -173,28 +207,25 @@ def gather_inputs(syn: Synthesizer, store: RunStore, seeds: list[str], progress)
 
 def gather_records(syn: Synthesizer, store: RunStore, inputs: list[str], progress) -> tuple[list[dict], int]:
     """Steps 2-4, resumable: every input without a finished record gets one, ``concurrency`` in flight."""
+    retried = store.retire_failed()  # failed records are made again; errors.jsonl keeps the failures
     records = store.records()
     done = {r["id"] for r in records}
     todo = [(i, stable_id(syn.prompt.hash, "record", i), x) for i, x in enumerate(inputs)]
     todo = [t for t in todo if t[1] not in done]
-    task = progress.add_task("records", total=len(inputs), completed=len(inputs) - len(todo), rate="")
+    label = f"records ({retried} failed before, retried)" if retried else "records"
+    task = progress.add_task(label, total=len(inputs), completed=len(inputs) - len(todo), rate="")
     start, new = time.monotonic(), 0
-    with ThreadPoolExecutor(max_workers=syn.config.concurrency) as pool:
+    with _workers(syn) as pool:
         pending = {pool.submit(syn.record, *t) for t in todo}
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    rec = fut.result()
-                    store.append_record(rec)
-                    records.append(rec)
-                    new += 1
-                    rate = new / max(1e-9, time.monotonic() - start) * 60
-                    progress.update(task, advance=1, rate=f"{rate:.1f} rec/min")
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                rec = fut.result()
+                store.append_record(rec)
+                records.append(rec)
+                new += 1
+                rate = new / max(1e-9, time.monotonic() - start) * 60
+                progress.update(task, advance=1, rate=f"{rate:.1f} rec/min")
     return records, new
 
 
@@ -248,14 +279,6 @@ def excluded_inputs(run_dir: str) -> list[str]:
     return [row["input"] for call in store.inputs() for row in call["accepted"]]
 
 
-def _public_url(url: str) -> str:
-    """The URL without any user:password part, so that no credential reaches run.json."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) if parts.hostname else url
-
-
 def read_seeds(path: str) -> list[str]:
     if not path:
         return []
@@ -263,7 +286,7 @@ def read_seeds(path: str) -> list[str]:
     if not p.is_file():
         raise UserError(f"seed inputs file {p} does not exist: pass --seed-inputs with a file of one input per line")
     try:
-        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line.strip() for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError:
         raise UserError(f"seed inputs file {p} is not UTF-8 text: re-save it as UTF-8") from None
 
@@ -301,10 +324,13 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
     store = RunStore(config.out)
     signature = {**config.signature(), "prompt_hash": prompt.hash, "templates": roles.templates_signature()}
     info = store.open(signature, overwrite=config.overwrite)
+    if not info:  # written before anything can fail (a server that will not start), so the rerun resumes
+        info = {"genpi_version": __version__, "signature": signature}
+        store.write_info(info)
 
     with ExitStack() as stack:
         base_url = config.base_url or os.environ.get("OPENAI_BASE_URL", "")
-        served, endpoint = config.model, _public_url(base_url) if client is None else type(client).__name__
+        served, endpoint = config.model, public_url(base_url) if client is None else type(client).__name__
         if client is None and not base_url:
             from genpi.models import resolve_model
             from genpi.synth.server import LocalServer
@@ -316,7 +342,8 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
                 server = stack.enter_context(LocalServer(served, log_path=store.dir / "server.log"))
             base_url, endpoint = server.base_url, "embedded transformers serve"
         if client is None:
-            client = OpenAIChatClient(base_url=base_url, timeout=config.timeout, retries=config.retries)
+            client = OpenAIChatClient(base_url=base_url, api_key=config.api_key or None, timeout=config.timeout,
+                                      retries=config.retries)
         models = Roles(agent=served, env=config.env_model or served, synth=config.synth_model or served)
         syn = Synthesizer(prompt, config, client, models)
         info.update({
@@ -327,7 +354,7 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
                        "text": prompt.text},
             "endpoint": endpoint,
             "models": asdict(models),
-            "config": {**asdict(config), "base_url": _public_url(config.base_url)},
+            "config": {**config.public(), "base_url": public_url(config.base_url) if config.base_url else ""},
             "signature": signature,
         })
         store.write_info(info)

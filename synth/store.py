@@ -18,6 +18,7 @@ from genpi.errors import UserError
 RUN_FILE = "run.json"
 INPUTS_FILE = "inputs.jsonl"
 RECORDS_FILE = "records.jsonl"
+ERRORS_FILE = "errors.jsonl"
 
 
 def stable_id(*parts) -> str:
@@ -25,8 +26,9 @@ def stable_id(*parts) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSONL file, repairing a torn last line in place; a bad line elsewhere is an error."""
+def read_jsonl(path: Path, repair: bool = True) -> list[dict]:
+    """Read a JSONL file; a torn last line is left out, and with ``repair`` cut off in place (only the writer may
+    repair: a reader would cut a line the writer is still writing). A bad line elsewhere is an error."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -48,7 +50,7 @@ def read_jsonl(path: Path) -> list[dict]:
                 break
         good_end = end
         pos = end
-    if good_end < len(data):
+    if repair and good_end < len(data):
         with open(path, "r+b") as f:  # cut the torn tail so the next append starts on a clean line
             f.truncate(good_end)
     return rows
@@ -119,6 +121,27 @@ class RunStore:
     def append_record(self, row: dict) -> None:
         append_jsonl(self.dir / RECORDS_FILE, row)
 
+    def retire_failed(self) -> int:
+        """Move failed records (``finish == "error"``) to ``errors.jsonl`` so that this run makes them again.
+
+        They are appended there first and only then dropped from ``records.jsonl`` (rewritten atomically), so a
+        kill in between loses nothing; the archive keeps every failure with its error and raw outputs.
+        """
+        path = self.dir / RECORDS_FILE
+        rows = read_jsonl(path)
+        failed = [r for r in rows if r.get("finish") == "error"]
+        if not failed:
+            return 0
+        for row in failed:
+            append_jsonl(self.dir / ERRORS_FILE, row)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r.get("finish") != "error")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return len(failed)
+
 
 def _diff_keys(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["signature"]
@@ -135,8 +158,16 @@ def load_run(run_dir: str | Path):
     if not run_file.exists() or not records_file.exists():
         raise UserError(f"{run_dir} is not a synthesis run (no run.json/records.jsonl): run `genpi synth --out {run_dir}` first")
     info = json.loads(run_file.read_text(encoding="utf-8"))
-    read_jsonl(records_file)  # repair a torn tail before datasets reads the file
     from datasets import load_dataset
 
-    records = load_dataset("json", data_files=str(records_file), split="train")
-    return info, records
+    data = records_file.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return info, load_dataset("json", data_files=str(records_file), split="train")
+    # A run still being written (or killed mid-write) ends in a torn line: read the finished lines from a snapshot,
+    # and leave the file itself to the writer, which repairs it when it resumes.
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="genpi-run-") as tmp:
+        snapshot = Path(tmp) / RECORDS_FILE
+        snapshot.write_bytes(data[: data.rfind(b"\n") + 1])
+        return info, load_dataset("json", data_files=str(snapshot), split="train")

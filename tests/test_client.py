@@ -64,3 +64,43 @@ def test_unreachable_server_is_a_user_error():
     client = OpenAIChatClient(base_url=f"http://127.0.0.1:{free_port()}/v1", retries=2)
     with pytest.raises(UserError, match="cannot reach the chat server"):
         ask(client)
+
+
+def test_a_timeout_after_every_retry_is_an_error_of_that_call_not_an_unreachable_server():
+    import openai
+
+    with ChatServer(fail_codes=["hang", "hang"], hang_seconds=1.5) as srv:
+        client = OpenAIChatClient(base_url=srv.base_url, timeout=0.3, retries=2)
+        with pytest.raises(openai.APITimeoutError):
+            ask(client)
+
+
+@pytest.mark.parametrize("code, needle", [(404, "no model 'm'"), (403, "refused the API key")])
+def test_unknown_model_and_forbidden_are_user_errors(code, needle):
+    with ChatServer(fail_codes=[code]) as srv:
+        client = OpenAIChatClient(base_url=srv.base_url, retries=5)
+        with pytest.raises(UserError, match=needle):
+            ask(client)
+        assert len(srv.requests) == 1
+
+
+def test_credentials_in_the_url_reach_no_message():
+    from genpi.synth.client import public_url
+    from genpi.synth.server import free_port
+
+    url = f"http://user:hunter2@127.0.0.1:{free_port()}/v1?api-key=hunter2"
+    assert public_url(url) == url.replace("user:hunter2@", "").replace("?api-key=hunter2", "")
+    with pytest.raises(UserError) as e:
+        ask(OpenAIChatClient(base_url=url, retries=1))
+    assert "hunter2" not in str(e.value)
+
+
+def test_a_closed_client_stops_retrying():
+    import openai
+
+    with ChatServer(fail_codes=[500] * 10) as srv:
+        client = OpenAIChatClient(base_url=srv.base_url, retries=5)
+        client.close()
+        with pytest.raises(openai.InternalServerError):
+            ask(client)
+        assert len(srv.requests) == 1

@@ -88,3 +88,13 @@ def test_examples_parse_and_are_long_enough(smol_tokenizer):
 
 def test_student_messages_have_no_prompt():
     assert student_messages("hi") == [{"role": "user", "content": "hi"}]
+
+
+def test_a_byte_order_mark_does_not_change_the_kind(tmp_path):
+    chat = tmp_path / "chat.json"
+    chat.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"role": "system", "content": "Be brief."}]).encode())
+    assert load_prompt(chat).kind == "chat"
+    transcript = tmp_path / "t.txt"
+    transcript.write_bytes(b"\xef\xbb\xbf<USER>: hi\n\n<AGENT>: Act: bash ls\n\n<USER>: Task:")
+    p = load_prompt(transcript)
+    assert p.kind == "transcript" and p.input_prefix == "Task:"

@@ -227,3 +227,81 @@ def test_exclude_run_makes_a_disjoint_held_out_run(tmp_path):
     with pytest.raises(UserError, match="--exclude-run"):
         synthesize(SynthConfig(prompt=BASH, out=str(tmp_path / "x"), exclude_run=str(tmp_path / "nope")), client=FakeChatClient())
     assert not (tmp_path / "x").exists()
+
+
+def test_rerun_retries_failed_records_and_keeps_the_failures(tmp_path):
+    first = synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient(fail_every=7))
+    failed = {r["id"] for r in first if r["finish"] == "error"}
+    assert failed
+    again = synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient())
+    assert len(again) == 6 and not [r for r in again if r["finish"] == "error"]
+    rows = read_jsonl(tmp_path / "run" / "records.jsonl")
+    assert len(rows) == 6 and len({r["id"] for r in rows}) == 6
+    kept = read_jsonl(tmp_path / "run" / "errors.jsonl")  # the failures are archived, with their errors
+    assert {r["id"] for r in kept} == failed and all("injected failure" in r["meta"]["error"] for r in kept)
+
+
+class _FailingInputsClient(FakeChatClient):
+    def chat(self, messages, **kw):
+        if "new requests" in messages[-1]["content"]:
+            raise RuntimeError("the synth model is overloaded")
+        return super().chat(messages, **kw)
+
+
+def test_failing_input_calls_are_kept_and_a_round_of_only_failures_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="every call proposing user inputs failed.*overloaded"):
+        synthesize(cfg(tmp_path), client=_FailingInputsClient())
+    calls = read_jsonl(tmp_path / "run" / "inputs.jsonl")
+    assert calls and all("overloaded" in c["error"] for c in calls)
+    # the run is resumable: the same command with a working server completes it
+    assert len(synthesize(cfg(tmp_path), client=FakeChatClient())) == 6
+
+
+def test_the_same_seed_gives_the_same_run(tmp_path):
+    a = synthesize(cfg(tmp_path / "a", temperature=0.0, seed=3), client=FakeChatClient())
+    b = synthesize(cfg(tmp_path / "b", temperature=0.0, seed=3), client=FakeChatClient())
+    c = synthesize(cfg(tmp_path / "c", temperature=0.0, seed=4), client=FakeChatClient())
+    key = lambda rows: sorted((r["id"], r["input"], r["to_be"], json.dumps(r["dialogue"])) for r in rows)
+    assert key(a) == key(b)
+    assert [r["input"] for r in sorted(a, key=lambda r: r["index"])] != [r["input"] for r in sorted(c, key=lambda r: r["index"])]
+
+
+def test_a_failed_server_start_leaves_a_run_the_same_command_resumes(tmp_path, monkeypatch):
+    import genpi.models
+    import genpi.synth.server
+
+    class NoServer:
+        def __init__(self, *a, **kw):
+            pass
+
+        def __enter__(self):
+            raise UserError("the embedded server exited with code 1 at start")
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setattr(genpi.models, "resolve_model", lambda name: "/models/tiny")
+    monkeypatch.setattr(genpi.synth.server, "LocalServer", NoServer)
+    with pytest.raises(UserError, match="exited with code 1"):
+        synthesize(cfg(tmp_path))
+    assert (tmp_path / "run" / "run.json").exists()
+    assert len(synthesize(cfg(tmp_path), client=FakeChatClient())) == 6  # not "exists and is not a genpi run"
+
+
+def test_load_run_leaves_a_run_being_written_untouched(tmp_path):
+    synthesize(cfg(tmp_path), client=FakeChatClient())
+    path = tmp_path / "run" / "records.jsonl"
+    torn = path.read_bytes() + b'{"id": "half-writ'
+    path.write_bytes(torn)  # as synthesis leaves it mid-write
+    _, ds = load_run(tmp_path / "run")
+    assert len(ds) == 6
+    assert path.read_bytes() == torn  # the writer's line is not cut under it
+
+
+def test_an_api_key_flag_reaches_no_file(tmp_path):
+    secret = "sk-flag-5ecret"
+    synthesize(cfg(tmp_path, api_key=secret), client=FakeChatClient())
+    for f in (tmp_path / "run").rglob("*"):
+        assert secret not in f.read_text(), f.name
+    assert "api_key" not in json.loads((tmp_path / "run" / "run.json").read_text())["config"]
