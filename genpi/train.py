@@ -46,7 +46,25 @@ def _validate(c: TrainConfig) -> dict:
         raise UserError(f"--warmup-ratio is {c.warmup_ratio}: give a share of the steps, at least 0 and below 1")
     if not 0.0 <= c.kl_beta <= 1.0 or c.kl_temperature <= 0:
         raise UserError("--kl-beta must be within [0, 1] and --kl-temperature above 0")
+    from transformers.trainer_utils import SchedulerType
+
+    schedulers = [t.value for t in SchedulerType]
+    if c.lr_scheduler not in schedulers:
+        raise UserError(f"--lr-scheduler {c.lr_scheduler!r}: choose one of {', '.join(schedulers)}")
     return weights
+
+
+def _lora_targets(c: TrainConfig, model):
+    """``--lora-target`` as PEFT takes it, checked against the model's module names."""
+    if c.lora_target == "all-linear":
+        return c.lora_target
+    targets = [t.strip() for t in c.lora_target.split(",") if t.strip()]
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing or not targets:
+        raise UserError(f"--lora-target: the model has no module named {', '.join(missing) or '(none given)'}: "
+                        f"give 'all-linear' or names such as {', '.join(sorted(n for n in names if n.endswith('proj'))[:6])}")
+    return targets
 
 
 def _prepare_output(c: TrainConfig, is_main: bool) -> Path | None:
@@ -164,7 +182,10 @@ def train(config: TrainConfig, console=None) -> Path:
     weights = _validate(c)
     context = parse_context(c.student_context)
     info, prompt, records = load_training_run(c.data)
-    tokenizer = load_tokenizer(c.model)
+    try:
+        tokenizer = load_tokenizer(c.model)
+    except OSError as e:
+        raise UserError(f"cannot load --model {c.model}: {str(e).splitlines()[0]}") from None
     examples, stats = build_examples(
         tokenizer, records, prompt, context=context, max_length=c.max_length,
         prompt_generation=weights["w_pg"] > 0, teacher=weights["w_kl"] > 0,
@@ -231,9 +252,8 @@ def train(config: TrainConfig, console=None) -> Path:
         model = load_model(c.model, dtype=dtype)
     except OSError as e:
         raise UserError(f"cannot load --model {c.model}: {str(e).splitlines()[0]}") from None
-    target = c.lora_target if c.lora_target == "all-linear" else [t.strip() for t in c.lora_target.split(",") if t.strip()]
-    lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules=target,
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                      target_modules=_lora_targets(c, model), task_type="CAUSAL_LM")
     pack = c.packing and packing_works(model)
     if c.packing and not pack and state.is_main_process:
         console.print(f"[yellow]{c.model} does not keep packed sequences apart: training with padded rows[/yellow]")
@@ -289,3 +309,18 @@ def train(config: TrainConfig, console=None) -> Path:
         console.print(_summary(c, weights, stats, history, trainer.state.global_step, seconds, out))
     state.wait_for_everyone()
     return out
+
+
+def train_resumably(config: TrainConfig, console=None) -> Path:
+    """For recipes: keep a finished adapter, continue a checkpointed one, start anything else over.
+
+    Rerunning a recipe after a crash or Ctrl-C then redoes only what was not finished.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(config.output)
+    if (out / GENPI_FILE).exists():
+        return out
+    ckpts = out / CHECKPOINTS
+    resume = ckpts.is_dir() and get_last_checkpoint(str(ckpts)) is not None
+    return train(dataclasses.replace(config, resume=resume, overwrite=not resume), console=console)

@@ -3,7 +3,14 @@
     vllm serve meta-llama/Llama-3.1-8B-Instruct --port 8000 &          # synthesis server (any OpenAI-compatible one)
     genpi run recipes/paper_scale.py --agent bash --base-url http://localhost:8000/v1
     genpi run recipes/paper_scale.py --agent support --base-url http://localhost:8000/v1
-    accelerate launch recipes/paper_scale.py --agent bash --base-url http://localhost:8000/v1   # several GPUs
+
+On several GPUs, train under `accelerate launch` between the recipe's other steps, which run once (each command
+resumes, and the recipe keeps an adapter that is already trained):
+
+    genpi run recipes/paper_scale.py --agent bash --base-url http://localhost:8000/v1 --only synth
+    accelerate launch -m genpi train --data runs/paper-bash/train --strategy genpi \
+        --model meta-llama/Llama-3.1-8B-Instruct --max-length 4096 --grad-accum 4 --output runs/paper-bash/genpi
+    genpi run recipes/paper_scale.py --agent bash --base-url http://localhost:8000/v1   # trains seqkd, evaluates
 
 Not run in CI. The LoRA and optimizer settings are TrainConfig's defaults, which follow Shin et al. (NAACL 2025):
 LoRA r 16, alpha 32, dropout 0.05 on every linear layer but the head; lr 1e-4, cosine, 3% warm-up; the OS-task
@@ -39,25 +46,28 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--agent", choices=sorted(AGENTS), required=True)
     ap.add_argument("--base-url", required=True, help="OpenAI-compatible server serving the model (e.g. vLLM)")
     ap.add_argument("--out", default="", help="directory for everything (default: runs/paper-AGENT)")
+    ap.add_argument("--only", choices=("synth",), default=None, help="stop after synthesis (to train elsewhere)")
     args = ap.parse_args(argv)
     agent = AGENTS[args.agent]
     out = Path(args.out or f"runs/paper-{args.agent}")
 
     from genpi.eval.evaluate import evaluate
     from genpi.synth.pipeline import synthesize
-    from genpi.train import train
+    from genpi.train import train_resumably
 
     # --- synthesize: a training run, and a held-out run with another seed (and real held-out inputs if any)
     synth = dataclasses.replace(SYNTH, prompt=agent["prompt"], base_url=args.base_url)
     synthesize(dataclasses.replace(synth, seed_inputs=agent["seeds"], out=str(out / "train")))
     synthesize(dataclasses.replace(synth, seed_inputs=agent["heldout"], num_inputs=200, seed=1, out=str(out / "heldout"),
                                     exclude_run=str(out / "train")))
+    if args.only == "synth":
+        return {}
 
     # --- train: GenPI and the SeqKD baseline
     adapters = {}
     for strategy in ("genpi", "seqkd"):
         cfg = dataclasses.replace(TRAIN, data=str(out / "train"), strategy=strategy, output=str(out / strategy))
-        adapters[strategy] = train(cfg)
+        adapters[strategy] = train_resumably(cfg)
 
     # --- evaluate
     return evaluate(dataclasses.replace(EVAL, prompt=agent["prompt"], inputs=str(out / "heldout"),
@@ -65,5 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
                                         baseline=[str(adapters["seqkd"])], out=str(out / "report")))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the same as `genpi run recipes/paper_scale.py`: one-line errors, Ctrl-C resumes
+    import sys
+
+    from genpi.cli import main as cli
+
+    sys.exit(cli(["run", __file__, *sys.argv[1:]]))

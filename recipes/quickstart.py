@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from genpi.eval.evaluate import evaluate
     from genpi.synth.pipeline import synthesize
-    from genpi.train import train
+    from genpi.train import train_resumably
 
     synth, heldout, tcfg, ecfg = SYNTH, HELDOUT, TRAIN, EVAL
     if args.smoke:
@@ -59,24 +59,16 @@ def main(argv: list[str] | None = None) -> dict:
     adapters = {}
     for strategy in ("genpi", "seqkd"):
         cfg = dataclasses.replace(tcfg, data=str(out / "train"), strategy=strategy, output=str(out / "adapters" / strategy))
-        adapters[strategy] = _train_resumably(train, cfg)
+        adapters[strategy] = train_resumably(cfg)
 
     # --- evaluate
     return evaluate(dataclasses.replace(ecfg, inputs=str(out / "heldout"), adapter=[str(adapters["genpi"])],
                                         baseline=[str(adapters["seqkd"])], out=str(out / "report")))
 
 
-def _train_resumably(train, cfg: TrainConfig) -> Path:
-    """A finished adapter is kept, a checkpointed one continues, anything else starts over."""
-    from transformers.trainer_utils import get_last_checkpoint
+if __name__ == "__main__":  # the same as `genpi run recipes/quickstart.py`: one-line errors, Ctrl-C resumes
+    import sys
 
-    out = Path(cfg.output)
-    if (out / "genpi.json").exists():
-        return out
-    ckpts = out / "checkpoints"
-    resume = ckpts.is_dir() and get_last_checkpoint(str(ckpts)) is not None
-    return train(dataclasses.replace(cfg, resume=resume, overwrite=not resume))
+    from genpi.cli import main as cli
 
-
-if __name__ == "__main__":
-    main()
+    sys.exit(cli(["run", __file__, *sys.argv[1:]]))

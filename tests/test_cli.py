@@ -54,3 +54,17 @@ def test_dry_run_from_the_cli(tmp_path, capsys):
     assert code == 0
     assert "Northwind Rail" in capsys.readouterr().out
     assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_run_with_python_gives_one_line_errors_like_genpi_run(tmp_path):
+    """`python recipes/quickstart.py` goes through the CLI: from the wrong directory it says so in one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.py"
+    proc = subprocess.run([sys.executable, str(recipe), "--out", str(tmp_path / "qs")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("genpi: error: prompt file examples/bash_agent.txt does not exist")
+    assert proc.stderr.count("\n") == 1

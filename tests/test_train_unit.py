@@ -111,6 +111,7 @@ def test_export_of_a_directory_without_adapter_is_a_user_error(tmp_path, capsys)
     (["--data", "R", "--precision", "fp8"], "--precision 'fp8'"),
     (["--data", "R", "--batch-size", "0"], "--batch-size is 0"),
     (["--data", "R", "--warmup-ratio", "1.5"], "--warmup-ratio is 1.5"),
+    (["--data", "R", "--lr-scheduler", "bogus"], "--lr-scheduler 'bogus'"),
 ])
 def test_bad_train_flags_are_one_line_errors(flags, message, capsys):
     assert main(["train", *flags]) == 2
@@ -150,3 +151,11 @@ def test_dry_run_prints_the_views_and_trains_nothing(tmp_path, capsys, smol_toke
     assert "[[Act: bash ls /data/set0 | wc -l<|im_end|>]]" in printed
     assert "prompt generation" in printed and "teacher" in printed
     assert not out.exists()
+
+
+def test_a_model_that_cannot_be_loaded_is_a_one_line_error(tmp_path, capsys):
+    run = fx.write_run(tmp_path / "run")
+    assert main(["train", "--data", str(run), "--output", str(tmp_path / "a"), "--model", "nobody/no-such-model",
+                 "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genpi: error: cannot load --model nobody/no-such-model") and err.count("\n") == 1
