@@ -8,14 +8,11 @@ teacher's dialogues for multi-turn fidelity) or a plain file of real user inputs
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from genpi.errors import UserError
 
-_NON_WORD = re.compile(r"[\W_]+")
 
 
 @dataclass
@@ -36,11 +33,6 @@ class HeldOut:
     kind: str  # "run" or "file"
     items: list[HeldOutItem]
     run_info: dict = field(default_factory=dict)
-
-
-def normalize_input(text: str) -> str:
-    """Case, width, punctuation and spacing folded away: two inputs that differ only there are the same input."""
-    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
 def is_run_dir(path: Path) -> bool:
@@ -122,9 +114,14 @@ def training_inputs(run_dir: str | Path) -> list[str]:
 
 
 def check_overlap(held: HeldOut, train_run: str | Path) -> None:
-    """Fail when any held-out input, normalised, is also an input of the training run ``train_run``."""
-    seen = {normalize_input(t) for t in training_inputs(train_run)}
-    leaked = [item.input for item in held.items if normalize_input(item.input) in seen]
+    """Fail when any held-out input repeats an input of the training run ``train_run``: exactly once normalised,
+    or nearly (the duplicates synthesis drops, see :class:`genpi.synth.dedup.Deduplicator`)."""
+    from genpi.synth.dedup import Deduplicator
+
+    seen = Deduplicator()
+    for text in training_inputs(train_run):
+        seen.add(text)
+    leaked = [item.input for item in held.items if seen.is_duplicate(item.input)]
     if leaked:
         example = leaked[0] if len(leaked[0]) <= 60 else leaked[0][:57] + "..."
         raise UserError(

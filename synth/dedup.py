@@ -8,12 +8,14 @@ changed or punctuation moved.
 from __future__ import annotations
 
 import re
+import unicodedata
 
-_NON_WORD = re.compile(r"[^0-9a-z]+")
+_NON_WORD = re.compile(r"[\W_]+")
 
 
 def normalize(text: str) -> str:
-    return _NON_WORD.sub(" ", text.lower()).strip()
+    """Case, width, punctuation and spacing folded away: two inputs that differ only there are the same input."""
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
 def _shingles(norm: str, n: int = 4) -> set[str]:
@@ -33,16 +35,22 @@ class Deduplicator:
         self.char_threshold = char_threshold
         self._seen: list[tuple[str, set, set]] = []
 
+    def _key(self, text: str) -> tuple[str, set, set]:
+        norm = normalize(text)
+        return norm, set(norm.split()), _shingles(norm)
+
+    def is_duplicate(self, text: str) -> bool:
+        """Whether ``text`` (or an empty text) repeats, exactly or nearly, an input seen so far."""
+        norm, words, chars = self._key(text)
+        if not norm:
+            return True
+        return any(norm == seen_norm or _jaccard(words, seen_words) >= self.word_threshold
+                   or _jaccard(chars, seen_chars) >= self.char_threshold
+                   for seen_norm, seen_words, seen_chars in self._seen)
+
     def add(self, text: str) -> bool:
         """Remember ``text`` and return True if it is new; return False for a duplicate."""
-        norm = normalize(text)
-        if not norm:
+        if self.is_duplicate(text):
             return False
-        words, chars = set(norm.split()), _shingles(norm)
-        for seen_norm, seen_words, seen_chars in self._seen:
-            if norm == seen_norm or _jaccard(words, seen_words) >= self.word_threshold:
-                return False
-            if _jaccard(chars, seen_chars) >= self.char_threshold:
-                return False
-        self._seen.append((norm, words, chars))
+        self._seen.append(self._key(text))
         return True

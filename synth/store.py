@@ -103,7 +103,10 @@ class RunStore:
                 info = {}
         elif self.dir.exists() and any(self.dir.iterdir()) and not overwrite:
             raise UserError(f"--out {self.dir} exists and is not a genpi run: choose another directory or pass --overwrite")
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create --out {self.dir} ({e.strerror}): choose a directory path you can write") from None
         return info
 
     def write_info(self, info: dict) -> None:
@@ -158,11 +161,9 @@ def load_run(run_dir: str | Path):
     if not run_file.exists() or not records_file.exists():
         raise UserError(f"{run_dir} is not a synthesis run (no run.json/records.jsonl): run `genpi synth --out {run_dir}` first")
     info = json.loads(run_file.read_text(encoding="utf-8"))
-    from datasets import load_dataset
-
     data = records_file.read_bytes()
     if not data or data.endswith(b"\n"):
-        return info, load_dataset("json", data_files=str(records_file), split="train")
+        return info, _json_dataset(records_file)
     # A run still being written (or killed mid-write) ends in a torn line: read the finished lines from a snapshot,
     # and leave the file itself to the writer, which repairs it when it resumes.
     import tempfile
@@ -170,4 +171,17 @@ def load_run(run_dir: str | Path):
     with tempfile.TemporaryDirectory(prefix="genpi-run-") as tmp:
         snapshot = Path(tmp) / RECORDS_FILE
         snapshot.write_bytes(data[: data.rfind(b"\n") + 1])
-        return info, load_dataset("json", data_files=str(snapshot), split="train")
+        return info, _json_dataset(snapshot)
+
+
+def _json_dataset(path: Path):
+    """``load_dataset("json")`` without its progress bar (a local file: the bar is only noise on stderr)."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset("json", data_files=str(path), split="train")
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()

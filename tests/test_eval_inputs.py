@@ -10,7 +10,8 @@ from genpi.config import EvalConfig
 from genpi.errors import UserError
 from genpi.eval import cost
 from genpi.eval.evaluate import evaluate
-from genpi.eval.heldout import check_overlap, load_heldout, normalize_input
+from genpi.eval.heldout import check_overlap, load_heldout
+from genpi.synth.dedup import normalize as normalize_input
 from genpi.eval.multiturn import replay_turns
 from genpi.eval.reconstruction import question, reconstruction_score, strip_reason
 from genpi.eval.report import plot, quality_metrics, tables
@@ -94,6 +95,14 @@ def test_overlap_check_fails_a_leaking_run(tmp_path, prompt):
     train = write_run(tmp_path / "train", prompt.hash, ["List the files in /etc.", "Count the users."])
     held = load_heldout(write_run(tmp_path / "held", prompt.hash, ["Find big files.", "count the USERS"]), prompt.hash)
     with pytest.raises(UserError, match=r"1 of 2 held-out inputs .* are training inputs of .*train.*count the USERS"):
+        check_overlap(held, train)
+
+
+def test_overlap_check_catches_near_duplicates(tmp_path, prompt):
+    train = write_run(tmp_path / "train", prompt.hash, ["Count the users in /etc/passwd on this machine."])
+    held = load_heldout(write_run(tmp_path / "held", prompt.hash, ["Count all the users in /etc/passwd on this machine"]),
+                        prompt.hash)
+    with pytest.raises(UserError, match="1 of 1 held-out inputs"):
         check_overlap(held, train)
 
 

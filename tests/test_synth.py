@@ -189,6 +189,12 @@ def test_seed_inputs_come_first_and_are_shown_to_the_synth_model(tmp_path):
     assert len(records) == len(seeds) + 2
 
 
+def test_an_out_directory_beneath_a_file_is_a_user_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="cannot create --out .*notes.txt/run"):
+        synthesize(SynthConfig(prompt=BASH, out=str(tmp_path / "notes.txt" / "run")), client=FakeChatClient())
+
+
 @pytest.mark.parametrize("kw,needle", [
     ({"num_inputs": 0}, "--num-inputs must be at least 1"),
     ({"prompt": ""}, "no prompt given"),

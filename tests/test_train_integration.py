@@ -106,6 +106,23 @@ def test_kl_is_zero_for_identical_views_positive_with_the_prompt_and_packing_cha
     for key in ("loss/sft", "loss/pg", "loss/kl"):
         assert metrics[key][-2] == pytest.approx(metrics[key][-1], rel=1e-4, abs=1e-6)
 
+    # A trained adapter moves the student but not the teacher: the teacher is the base model (adapter disabled).
+    from genpi.models import load_model
+    from genpi.trainer import scored_positions
+
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+        batch = GenPICollator(tok.pad_token_id, pack=False)(same)
+        trainer.compute_loss(trainer.model, batch)
+        assert metrics["loss/kl"][-1] > 1e-3
+        keep = scored_positions(batch["teacher_labels"])
+        teacher = trainer._teacher_logits(trainer.model, batch, keep)
+        base = load_model("default").eval()(input_ids=batch["teacher_input_ids"],
+                                             attention_mask=batch["teacher_attention_mask"]).logits[keep]
+    assert torch.allclose(teacher, base, atol=1e-4)
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -192,3 +209,12 @@ def test_two_process_accelerate_launch_saves_one_adapter(tmp_path):
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("adapter_model.safetensors")) == [
         "adapter_model.safetensors", "checkpoints/checkpoint-2/adapter_model.safetensors"]
     assert proc.stdout.count("genpi train: genpi") == 1  # one summary, from the main process
+
+
+def test_lora_targets_the_model_lacks_are_a_one_line_error(tmp_path, capsys):
+    run = fx.write_run(tmp_path / "run")
+    out = tmp_path / "adapter"
+    assert main(["train", "--data", str(run), "--output", str(out), "--lora-target", "q_proj,qkv_fused",
+                 "--max-steps", "1", "--max-length", "384"]) == 2
+    err = capsys.readouterr().err
+    assert "--lora-target: the model has no module named qkv_fused" in err and err.count("\n") == 1
