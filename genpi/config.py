@@ -102,7 +102,7 @@ class TrainConfig:
     batch_size: int = _f(4, "records per device per micro-step (each gives a behaviour and a prompt-generation row)")
     grad_accum: int = _f(1, "micro-steps per optimizer step")
     precision: str = _f("auto", "auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16")
-    gradient_checkpointing: str = _f("auto", "auto (on with a GPU, off on CPU where it only slows training), on or off")
+    gradient_checkpointing: str = _f("auto", "auto (on with a GPU; on a CPU only when a batch's attention would fill 40% of the RAM), on or off")
     logging_steps: int = _f(1, "optimizer steps between loss logs")
     save_steps: int = _f(50, "optimizer steps between checkpoints")
     save_total_limit: int = _f(2, "checkpoints kept")
@@ -169,7 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = 
         flag = "--" + f.name.replace("_", "-")
         typ = _type_of(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help strings
         if typ is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(typ) is dict:

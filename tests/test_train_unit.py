@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import math
 
@@ -12,6 +14,7 @@ import train_fixtures as fx
 
 from genpi.cli import build_parser, main
 from genpi.config import STRATEGIES, TrainConfig, from_args, from_dict
+from genpi.data import build_examples
 from genpi.errors import UserError
 from genpi.trainer import generalized_jsd, packing_works, scored_positions
 
@@ -159,3 +162,22 @@ def test_a_model_that_cannot_be_loaded_is_a_one_line_error(tmp_path, capsys):
                  "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("genpi: error: cannot load --model nobody/no-such-model") and err.count("\n") == 1
+
+
+def test_auto_checkpointing_turns_on_when_a_cpu_batch_would_fill_the_ram(smol_tokenizer):
+    from rich.console import Console
+
+    from genpi.train import _precision, attention_memory
+
+    examples, _ = build_examples(smol_tokenizer, fx.records(), fx.prompt(), max_length=384)
+    need = attention_memory(examples, 4, 384, layers=30, heads=9)
+    per_batch = sum(sorted((len(e["input_ids"]) + len(e["pg_input_ids"]) for e in examples), reverse=True)[:4])
+    assert need == 2 * 4 * 30 * 9 * per_batch * 384
+    assert attention_memory(examples, 1, 384, 30, 9) < need  # smaller batches keep less
+    config = TrainConfig(data="R", batch_size=4, max_length=384)
+    console = Console(file=io.StringIO())
+    assert _precision(config, examples, console, total_memory=3 * need)[2] is False  # threshold: 40% of RAM
+    assert _precision(config, examples, console, total_memory=need)[2] is True
+    assert "gradient checkpointing on" in console.file.getvalue()
+    off = dataclasses.replace(config, gradient_checkpointing="off")
+    assert _precision(off, examples, console, total_memory=need)[2] is False
