@@ -26,9 +26,10 @@ def stable_id(*parts) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
-def read_jsonl(path: Path, repair: bool = True) -> list[dict]:
-    """Read a JSONL file; a torn last line is left out, and with ``repair`` cut off in place (only the writer may
-    repair: a reader would cut a line the writer is still writing). A bad line elsewhere is an error."""
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSONL file as its writer, repairing a torn last line in place; a bad line elsewhere is an error.
+
+    Readers that are not the writer use :func:`load_run`, which leaves the file alone."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -50,7 +51,7 @@ def read_jsonl(path: Path, repair: bool = True) -> list[dict]:
                 break
         good_end = end
         pos = end
-    if repair and good_end < len(data):
+    if good_end < len(data):
         with open(path, "r+b") as f:  # cut the torn tail so the next append starts on a clean line
             f.truncate(good_end)
     return rows
