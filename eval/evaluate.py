@@ -7,7 +7,7 @@ The CLI (``genpi eval``), recipes and tests all call :func:`evaluate`. Fidelity 
 * multi-turn (``multiturn_*``): the teacher's recorded turn in the held-out dialogue;
 * ``prompt_reconstruction``: the prompt's text (the prompted system is not asked: it has the prompt in context).
 
-Checker metrics (e.g. ``bash_protocol``) need no reference: the share of replies that follow the protocol.
+``protocol`` and ``multiturn_protocol`` need no reference: the share of replies that pass the ``--checker``.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def evaluate(config: EvalConfig, console=None) -> dict:
 
     # --- score
     reference = [g.text for g in single["prompted"]]
-    scores, failures = _score(systems, single, multi, recon, reference, turns, config.checker, prompt.text)
-    rows = _output_rows(systems, items, turns, recon_items, single, multi, recon, reference, scores, config.checker)
+    scores, failures = _score(systems, single, multi, recon, reference, turns, checker, prompt.text)
+    rows = _output_rows(systems, items, turns, recon_items, single, multi, recon, reference, scores)
 
     # --- cost
     params = gen.n_params
@@ -134,7 +134,8 @@ def evaluate(config: EvalConfig, console=None) -> dict:
             "rouge_l, exact_match": "the prompted system's greedy reply in this run",
             "multiturn_*": "the teacher's recorded agent turn, after the teacher's recorded history",
             "prompt_reconstruction": "the prompt's text (ROUGE-L; the reply's 'Reason:' part removed)",
-            **({config.checker: f"share of replies that pass the {config.checker} checker"} if checker else {}),
+            **({"protocol, multiturn_protocol": f"none: the share of replies that pass the checker {config.checker}"}
+               if checker else {}),
         },
         "systems": {s.name: {**s.describe(), "metrics": sys_metrics[s.name], "failures": failures[s.name]}
                     for s in systems},
@@ -164,10 +165,9 @@ def evaluate(config: EvalConfig, console=None) -> dict:
     return report
 
 
-def _score(systems, single, multi, recon, reference, turns, checker_name, prompt_text):
+def _score(systems, single, multi, recon, reference, turns, checker, prompt_text):
     """Per-item scores ``{system: {metric: [score per item]}}`` and checker failure counts
     ``{system: {metric: {reason: count}}}``."""
-    checker = get_checker(checker_name) if checker_name else None
     scores, failures = {}, {}
     for s in systems:
         sc, fails = scores.setdefault(s.name, {}), failures.setdefault(s.name, {})
@@ -179,8 +179,8 @@ def _score(systems, single, multi, recon, reference, turns, checker_name, prompt
             sc[prefix + "exact_match"] = [exact_match(t, r) for t, r in zip(texts, refs)]
             if checker:
                 checks = [checker(t) for t in texts]
-                sc[prefix + checker_name] = [float(c.ok) for c in checks]
-                counts = fails.setdefault(prefix + checker_name, {})
+                sc[prefix + "protocol"] = [float(c.ok) for c in checks]
+                counts = fails.setdefault(prefix + "protocol", {})
                 for c in checks:
                     if not c.ok:
                         counts[c.reason] = counts.get(c.reason, 0) + 1
@@ -189,16 +189,16 @@ def _score(systems, single, multi, recon, reference, turns, checker_name, prompt
     return scores, failures
 
 
-def _output_rows(systems, items, turns, recon_items, single, multi, recon, reference, scores, checker) -> list[dict]:
+def _output_rows(systems, items, turns, recon_items, single, multi, recon, reference, scores) -> list[dict]:
     """Every reply with its scores, one row per item and part, for ``outputs.jsonl``."""
     rows = []
     for i, it in enumerate(items):
         rows.append({"part": "single", "id": it.id, "input": it.input, "reference": reference[i], "replies": {
-            s.name: _reply_row(single[s.name][i], scores[s.name], i, checker) for s in systems}})
+            s.name: _reply_row(single[s.name][i], scores[s.name], i) for s in systems}})
     for j, turn in enumerate(turns):
         rows.append({"part": "multiturn", "id": turn.id, "turn": turn.turn, "conversation": turn.conversation,
                      "reference": turn.reference, "replies": {
-                         s.name: _reply_row(multi[s.name][j], scores[s.name], j, checker, "multiturn_") for s in systems}})
+                         s.name: _reply_row(multi[s.name][j], scores[s.name], j, "multiturn_") for s in systems}})
     for k, it in enumerate(recon_items):
         rows.append({"part": "reconstruction", "id": it.id, "question": _recon_question(it, k, single), "replies": {
             name: {"text": g[k].text, "prompt_reconstruction": scores[name]["prompt_reconstruction"][k]}
@@ -249,10 +249,10 @@ def _recon_question(item, index: int, single: dict) -> str:
     return question(item.input, single["unprompted"][index].text, single["prompted"][index].text)
 
 
-def _reply_row(g, scores: dict, i: int, checker: str, prefix: str = "") -> dict:
+def _reply_row(g, scores: dict, i: int, prefix: str = "") -> dict:
     row = {"text": g.text, "input_tokens": g.input_tokens, "output_tokens": g.output_tokens}
-    for name in ("rouge_l", "exact_match", checker):
-        if name and prefix + name in scores:
+    for name in ("rouge_l", "exact_match", "protocol"):
+        if prefix + name in scores:
             row[name] = scores[prefix + name][i]
     return row
 

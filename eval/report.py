@@ -3,7 +3,7 @@
 ``report.json``::
 
     {"systems":  {name: {"kind", "adapter", "strategy", "student_context", "metrics": {metric: value},
-                         "failures": {checker metric: {reason: count}}}},
+                         "failures": {"protocol" | "multiturn_protocol": {reason: count}}}},
      "recovery": {system: {metric: {"ratio", "defined", "reason", "gap", "gap_ci", "ratio_ci", "n"}}},
      "cost":     {"params", "input_token_ratio", "latency": {...}, "flops_per_request", "break_even": {...}, ...},
      "commands": [...], "versions": {...}, ...}
@@ -20,7 +20,7 @@ COST_METRICS = ("input_tokens", "output_tokens", "flops_per_request")
 
 def quality_metrics(report: dict) -> list[str]:
     """The [0, 1] quality metrics present in the report: single-turn ones, multi-turn ones, then reconstruction;
-    within each, ROUGE-L, exact match, then checkers."""
+    within each, ROUGE-L, exact match, then protocol."""
     present = []
     for system in report["systems"].values():
         for name in system["metrics"]:

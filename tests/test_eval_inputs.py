@@ -229,7 +229,7 @@ def test_flops_and_break_even():
 def _hand_report():
     def system(kind, rouge, checker, tokens):
         return {"kind": kind, "adapter": None, "strategy": None, "student_context": [], "failures": {},
-                "metrics": {"rouge_l": rouge, "exact_match": rouge / 2, "bash_protocol": checker,
+                "metrics": {"rouge_l": rouge, "exact_match": rouge / 2, "protocol": checker,
                             "multiturn_rouge_l": rouge, "prompt_reconstruction": None if kind == "prompted" else 0.1,
                             "input_tokens": tokens, "output_tokens": 20.0, "flops_per_request": 2.0e9 * tokens}}
 
@@ -239,7 +239,7 @@ def _hand_report():
         "systems": {"prompted": system("prompted", 1.0, 0.9, 800.0), "unprompted": system("unprompted", 0.2, 0.0, 40.0),
                     "genpi:bash": system("adapter", 0.6, 0.5, 40.0)},
         "recovery": {"genpi:bash": {"rouge_l": {**undefined, "ratio": 0.5, "defined": True, "ratio_ci": [0.4, 0.6]},
-                                    "bash_protocol": undefined}},
+                                    "protocol": undefined}},
         "cost": {"params": 135_000_000, "prompt_tokens": 777, "compared": "genpi:bash", "input_token_ratio": 20.0,
                  "latency": {}, "break_even": {}},
     }
@@ -249,7 +249,7 @@ def test_report_tables_and_chart(tmp_path):
     from rich.console import Console
 
     report = _hand_report()
-    assert quality_metrics(report) == ["rouge_l", "exact_match", "bash_protocol", "multiturn_rouge_l",
+    assert quality_metrics(report) == ["rouge_l", "exact_match", "protocol", "multiturn_rouge_l",
                                        "prompt_reconstruction"]
     console = Console(record=True, width=160)
     for t in tables(report):

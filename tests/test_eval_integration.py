@@ -29,8 +29,7 @@ Act: answer(12)
 <USER>: Now, my problem is:
 """
 
-QUALITY = ("rouge_l", "exact_match", "bash_protocol", "multiturn_rouge_l", "multiturn_exact_match",
-           "multiturn_bash_protocol")
+QUALITY = ("rouge_l", "exact_match", "protocol", "multiturn_rouge_l", "multiturn_exact_match", "multiturn_protocol")
 COST = ("input_tokens", "output_tokens", "flops_per_request")
 
 
@@ -84,8 +83,8 @@ def test_report_has_every_system_and_metric(setup, report):
         assert ("prompt_reconstruction" in system["metrics"]) == (name != "prompted")
     assert report["systems"]["seqkd"]["kind"] == "baseline"
     for name, system in report["systems"].items():  # every failed check is counted under its reason
-        failed = round((1 - system["metrics"]["bash_protocol"]) * report["inputs"]["n"])
-        assert sum(system["failures"].get("bash_protocol", {}).values()) == failed, name
+        failed = round((1 - system["metrics"]["protocol"]) * report["inputs"]["n"])
+        assert sum(system["failures"].get("protocol", {}).values()) == failed, name
     assert report["systems"]["prompted"]["metrics"]["rouge_l"] == 1.0  # the single-turn reference
     assert report["inputs"]["n"] == 2 and report["inputs"]["multiturn_turns"] == 2
     assert report["inputs"]["overlap_checked_against"] == [str(setup["root"] / "train")]
