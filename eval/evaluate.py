@@ -52,6 +52,7 @@ def evaluate(config: EvalConfig, console=None) -> dict:
     _validate(config)
     prompt = load_prompt(config.prompt)
     checker = get_checker(config.checker) if config.checker else None
+    recorded = dataclasses.replace(config, checker=checker.name) if checker else config  # a callable, by its name
     held = load_heldout(config.inputs, prompt.hash, config.num_inputs)
     systems, base_model = build_systems(prompt, config.adapter, config.baseline, config.model)
     checked_runs = _check_overlap(config, held, systems)
@@ -134,7 +135,7 @@ def evaluate(config: EvalConfig, console=None) -> dict:
             "rouge_l, exact_match": "the prompted system's greedy reply in this run",
             "multiturn_*": "the teacher's recorded agent turn, after the teacher's recorded history",
             "prompt_reconstruction": "the prompt's text (ROUGE-L; the reply's 'Reason:' part removed)",
-            **({"protocol, multiturn_protocol": f"none: the share of replies that pass the checker {config.checker}"}
+            **({"protocol, multiturn_protocol": f"none: the share of replies that pass the checker {checker.name}"}
                if checker else {}),
         },
         "systems": {s.name: {**s.describe(), "metrics": sys_metrics[s.name], "failures": failures[s.name]}
@@ -144,9 +145,9 @@ def evaluate(config: EvalConfig, console=None) -> dict:
                        "rule": "undefined when |gap| <= noise_floor, or the 95% paired-bootstrap interval of the gap "
                                "contains 0, or fewer than 2 items"},
         "cost": cost,
-        "commands": _commands(config),
+        "commands": _commands(recorded),
         "versions": _versions(),
-        "config": dataclasses.asdict(config),
+        "config": dataclasses.asdict(recorded),
         "seconds": round(time.monotonic() - started, 1),
     }
 

@@ -62,8 +62,8 @@ def _cmd_eval(args) -> int:
 
 
 EVAL_EPILOG = """examples:
-  genpi eval --prompt examples/bash_agent.txt --inputs runs/bash-heldout --adapter adapters/bash --out reports/bash --checker bash_protocol
-  genpi eval --prompt examples/support_agent.txt --inputs my_traffic.jsonl --adapter adapters/support --baseline adapters/support-seqkd --checker json_shape
+  genpi eval --prompt examples/bash_agent.txt --inputs runs/bash-heldout --adapter adapters/bash --out reports/bash --checker examples/bash_agent.checks.py:protocol
+  genpi eval --prompt examples/support_agent.txt --inputs my_traffic.jsonl --adapter adapters/support --baseline adapters/support-seqkd --checker examples/support_agent.schema.json
 """
 
 

@@ -140,7 +140,8 @@ class EvalConfig:
     model: str = _f("", "base model; empty = the adapters' base_model from genpi.json, else the embedded default")
     train_run: str = _f("", "training run whose inputs must not be held out; empty = each adapter's source_run")
     overlap_check: bool = _f(True, "fail when a held-out input, normalised, is also a training input")
-    checker: str = _f("", "protocol checker scoring every reply: bash_protocol, json_shape, or empty for none")
+    checker: str = _f("", "protocol checker scoring every reply: json, nonempty, regex:PATTERN, a JSON Schema file "
+                          "(.json) or FILE.py:FUNCTION; empty for none")
     num_inputs: int = _f(0, "held-out inputs used, the first ones (0 = all)")
     max_new_tokens: int = _f(128, "tokens generated per reply at most (greedy)")
     batch_size: int = _f(4, "requests generated together")

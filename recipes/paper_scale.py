@@ -29,9 +29,9 @@ from genpi.config import EvalConfig, SynthConfig, TrainConfig
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 AGENTS = {
     "bash": dict(prompt="examples/bash_agent.txt", seeds="examples/bash_agent.seeds.txt",
-                 heldout="examples/bash_agent.heldout.txt", checker="bash_protocol"),
+                 heldout="examples/bash_agent.heldout.txt", checker="examples/bash_agent.checks.py:protocol"),
     "support": dict(prompt="examples/support_agent.txt", seeds="examples/support_agent.seeds.txt",
-                    heldout="", checker="json_shape"),
+                    heldout="", checker="examples/support_agent.schema.json"),
 }
 
 SYNTH = SynthConfig(num_inputs=1000, inputs_per_call=10, max_turns=4, max_tokens=512, concurrency=32,

@@ -27,8 +27,8 @@ HELDOUT = dataclasses.replace(SYNTH, seed_inputs="examples/bash_agent.heldout.tx
 TRAIN = TrainConfig(strategy="genpi", epochs=2, batch_size=2, learning_rate=1e-3, max_length=1536, save_steps=5)
 # Writing the whole 777-token prompt back would cost each system ~840 decoded tokens per input on the CPU: the
 # quick start scores the first 128 tokens of one reconstruction (ROUGE-L against the whole prompt).
-EVAL = EvalConfig(prompt=PROMPT, checker="bash_protocol", max_new_tokens=64, latency_inputs=4, reconstruction_inputs=1,
-                  reconstruction_max_new_tokens=128)
+EVAL = EvalConfig(prompt=PROMPT, checker="examples/bash_agent.checks.py:protocol", max_new_tokens=64, latency_inputs=4,
+                  reconstruction_inputs=1, reconstruction_max_new_tokens=128)
 
 # The CI size: the same pipeline with every count cut down.
 SMOKE = dict(train_inputs=4, heldout_inputs=2, max_tokens=32, epochs=1)

@@ -1,6 +1,7 @@
 """End to end on the real tiny model: evaluate() with PEFT-made adapters writes a complete report."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,7 @@ Act: answer(12)
 <USER>: Now, my problem is:
 """
 
+BASH_CHECKS = f"{Path(__file__).resolve().parent.parent / 'examples' / 'bash_agent.checks.py'}:protocol"
 QUALITY = ("rouge_l", "exact_match", "protocol", "multiturn_rouge_l", "multiturn_exact_match", "multiturn_protocol")
 COST = ("input_tokens", "output_tokens", "flops_per_request")
 
@@ -66,7 +68,7 @@ def report(setup):
     from genpi.eval.evaluate import evaluate
 
     config = EvalConfig(prompt=str(setup["root"] / "prompt.txt"), inputs=str(setup["held"]), adapter=[str(setup["adapter"])],
-                        baseline=[str(setup["baseline"])], out=str(setup["root"] / "report"), checker="bash_protocol",
+                        baseline=[str(setup["baseline"])], out=str(setup["root"] / "report"), checker=BASH_CHECKS,
                         max_new_tokens=12, batch_size=2, multiturn_turns=2, reconstruction_inputs=1,
                         reconstruction_max_new_tokens=12, latency_inputs=1, bootstrap=200)
     returned = evaluate(config)
@@ -85,6 +87,7 @@ def test_report_has_every_system_and_metric(setup, report):
     for name, system in report["systems"].items():  # every failed check is counted under its reason
         failed = round((1 - system["metrics"]["protocol"]) * report["inputs"]["n"])
         assert sum(system["failures"].get("protocol", {}).values()) == failed, name
+    assert report["references"]["protocol, multiturn_protocol"].endswith(BASH_CHECKS)
     assert report["systems"]["prompted"]["metrics"]["rouge_l"] == 1.0  # the single-turn reference
     assert report["inputs"]["n"] == 2 and report["inputs"]["multiturn_turns"] == 2
     assert report["inputs"]["overlap_checked_against"] == [str(setup["root"] / "train")]

@@ -1,15 +1,11 @@
-"""Unit tests of the evaluation's pure functions: ROUGE-L, exact match, protocol checkers, recovery ratio."""
+"""Unit tests of the evaluation's pure functions: ROUGE-L, exact match, recovery ratio (checkers: test_eval_checkers.py)."""
 
 import random
 
 import pytest
 
-from genpi.eval.checkers import bash_protocol, get_checker, json_shape
 from genpi.eval.metrics import exact_match, lcs_length, rouge_l, tokenize
 from genpi.eval.recovery import recovery
-from genpi.errors import UserError
-from genpi.prompt import load_prompt
-from eval_fixtures import BASH_PROMPT
 
 # --- ROUGE-L and exact match
 
@@ -64,100 +60,6 @@ def test_exact_match():
     assert exact_match("Act: finish", "Act: Finish") == 0.0
     assert exact_match("", "") == 1.0
     assert exact_match("a", "") == 0.0
-
-
-# --- bash_protocol
-
-BASH_OK = [
-    "Think: I count the files.\nAct: bash\n```bash\nfind /var -name '*.log' | wc -l\n```",
-    "Think: The count is 17.\nAct: answer(17)",
-    "Think: The directory exists and the files are copied.\nAct: finish",
-    "\n  Think: Two lines of command.\nAct: bash\n```bash\ncd /tmp &&\nls\n```\n",  # surrounding whitespace ignored
-    "Think: Nested parentheses are part of the answer.\nAct: answer(f(x))",
-]
-
-BASH_BAD = [
-    ("", "empty reply"),
-    ("Sure! Think: I count.\nAct: finish", "text before Think:"),
-    ("Here you go:\nThink: I count.\nAct: finish", "text before Think:"),
-    ("I would run ls.", "no Think: line"),
-    ("Think:\nAct: finish", "empty Think: line"),
-    ("Think: I count.", "no Act: line after Think:"),
-    ("Think: I count.\nLet me see.\nAct: finish", "text between Think: and Act:"),
-    ("Think: I count.\nAct: bash\nls /tmp", "Act: bash without a fenced bash block"),
-    ("Think: I count.\nAct: bash\n```bash\nls /tmp\n```\nThe output will show the files.", "malformed bash block or text after it"),
-    ("Think: I count.\nAct: bash\n```sh\nls /tmp\n```", "malformed bash block or text after it"),
-    ("Think: I count.\nAct: bash\n```bash\n \n```", "empty bash command"),
-    ("Think: I count.\nAct: bash\n```bash\nls\n```\n```bash\npwd\n```", "more than one fenced block"),
-    ("Think: Done.\nAct: answer()", "empty answer()"),
-    ("Think: Done.\nAct: answer(17) files", "malformed answer(...) or text after it"),
-    ("Think: Done.\nAct: answer 17", "malformed answer(...) or text after it"),
-    ("Think: Done.\nAct: finish\nAll done!", "text after Act: finish"),
-    ("Think: Done.\nAct: run ls", "unknown action (not bash, answer(...) or finish)"),
-]
-
-
-@pytest.mark.parametrize("reply", BASH_OK)
-def test_bash_protocol_accepts(reply):
-    assert bash_protocol(reply).ok, bash_protocol(reply)
-
-
-@pytest.mark.parametrize("reply,reason", BASH_BAD)
-def test_bash_protocol_rejects_with_reason(reply, reason):
-    check = bash_protocol(reply)
-    assert not check.ok
-    assert check.reason == reason
-
-
-def test_bash_protocol_accepts_every_demonstration_of_the_example_prompt():
-    prompt = load_prompt(BASH_PROMPT)
-    agent_turns = [m["content"] for m in prompt.demonstrations if m["role"] == "assistant"]
-    assert len(agent_turns) >= 5
-    for turn in agent_turns:
-        assert bash_protocol(turn).ok, (turn, bash_protocol(turn))
-
-
-# --- json_shape
-
-GOOD_JSON = '{"category": "delays", "priority": "normal", "answer": "You can claim 25% in the app.", "escalate": false}'
-
-JSON_BAD = [
-    ("", "empty reply"),
-    ("```json\n" + GOOD_JSON + "\n```", "code fence around the JSON"),
-    ("Here is my answer: " + GOOD_JSON, "text around the JSON object"),
-    (GOOD_JSON + "\nHope this helps!", "text around the JSON object"),
-    ("category: delays", "not valid JSON"),
-    ('["delays", "normal"]', "JSON is not an object"),
-    ('{"category": "delays", "priority": "normal", "answer": "x"}', "missing key"),
-    ('{"category": "delays", "priority": "normal", "answer": "x", "escalate": false, "refund": 3}', "extra key"),
-    ('{"category": "delays", "urgency": "normal", "answer": "x", "escalate": false}', "wrong keys"),
-    ('{"priority": "normal", "category": "delays", "answer": "x", "escalate": false}', "keys out of order"),
-    ('{"category": "delays", "category": "other", "priority": "normal", "answer": "x", "escalate": false}', "duplicate key"),
-    ('{"category": "trains", "priority": "normal", "answer": "x", "escalate": false}', "category not allowed"),
-    ('{"category": "delays", "priority": "urgent", "answer": "x", "escalate": false}', "priority not allowed"),
-    ('{"category": "delays", "priority": "normal", "answer": " ", "escalate": false}', "answer not a non-empty string"),
-    ('{"category": "delays", "priority": "normal", "answer": "x", "escalate": "false"}', "escalate not a boolean"),
-    # the placeholder object the support prompt itself shows is not a valid reply
-    ('{"category": "...", "priority": "...", "answer": "...", "escalate": false}', "category not allowed"),
-]
-
-
-def test_json_shape_accepts():
-    assert json_shape(GOOD_JSON).ok
-    assert json_shape("\n" + GOOD_JSON.replace("false", "true") + "\n").ok
-
-
-@pytest.mark.parametrize("reply,reason", JSON_BAD)
-def test_json_shape_rejects_with_reason(reply, reason):
-    check = json_shape(reply)
-    assert not check.ok
-    assert check.reason == reason
-
-
-def test_unknown_checker_is_a_user_error():
-    assert get_checker("json_shape") is json_shape
-    with pytest.raises(UserError, match="unknown checker 'bash'.*bash_protocol, json_shape"):
-        get_checker("bash")
 
 
 # --- recovery ratio
