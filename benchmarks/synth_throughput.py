@@ -1,18 +1,24 @@
-"""Synthesis throughput at concurrency 1 vs 8 against the embedded server, measured side by side in one run.
+"""Synthesis throughput of this checkout against an earlier commit, side by side in one run.
 
-    python benchmarks/synth_throughput.py                       # 8 records per arm, bash example
-    python benchmarks/synth_throughput.py --records 16 --prompt examples/support_agent.txt
+    python benchmarks/synth_throughput.py                        # against 747dcf1 (transformers serve), quick start settings
+    python benchmarks/synth_throughput.py --baseline HEAD~3 --records 16 --repeats 3
 
-One `transformers serve` process serves every arm. The arms run in the order 1, 8, 1, 8 on the same seed inputs
-(so the inputs step makes no calls and both arms do the same work), each into a fresh run directory; the ratio
-of the pooled rates is the result. Absolute figures depend on the machine and its load: only the ratio is
-meant to be compared.
+The baseline commit is exported to a temporary directory and installed into a temporary virtual environment that
+shares this one's packages (what it lacks, such as the serving extra of transformers, comes from the index); each arm runs ``python -m genpi synth`` of its own code as a child
+process with the embedded server it starts itself, on the same seed inputs and settings (the quick start's: bash
+example, 8 seed inputs, 2 agent turns, 64 new tokens per call, 8 requests in flight), into a fresh run directory.
+The arms alternate (baseline, current, baseline, current, ...), so a slow drift of a shared machine falls on both;
+records/min and tokens/s come from each run's own ``run.json`` (time in synthesis, server start excluded), pooled
+per arm. Absolute figures depend on the machine and its load: the ratio is the result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,59 +26,84 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from genpi.config import SynthConfig
-from genpi.models import resolve_model
-from genpi.synth.client import OpenAIChatClient
-from genpi.synth.pipeline import synthesize
-from genpi.synth.server import LocalServer
+ROOT = Path(__file__).resolve().parent.parent
 
-SEEDS = {
-    "examples/bash_agent.txt": "examples/bash_agent.seeds.txt",
-    "examples/support_agent.txt": "examples/support_agent.seeds.txt",
-}
+
+def install_baseline(rev: str, where: Path) -> str:
+    """A Python that imports genpi from commit ``rev`` (everything else from this environment)."""
+    tree = where / "tree"
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    # Dependencies this environment lacks (the baseline's server may need others) come from the package index.
+    subprocess.run([python, "-m", "pip", "install", "-q", str(tree)], check=True)
+    return python
+
+
+def run_arm(python: str, out: Path, args, seeds: Path, cwd: Path) -> dict:
+    cmd = [python, "-m", "genpi", "synth", "--prompt", str(ROOT / args.prompt), "--out", str(out),
+           "--num-inputs", str(args.records), "--seed-inputs", str(seeds), "--max-turns", str(args.max_turns),
+           "--max-tokens", str(args.max_tokens), "--concurrency", str(args.concurrency), "--seed", "0"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    env.pop("OPENAI_BASE_URL", None)
+    started = time.monotonic()
+    subprocess.run(cmd, check=True, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    info = json.loads((out / "run.json").read_text())
+    run = info["runs"][-1]
+    return {"records": run["new_records"], "seconds": run["seconds"], "wall": time.monotonic() - started,
+            "completion_tokens": run["completion_tokens"], "prompt_tokens": run["prompt_tokens"],
+            "cached_prompt_tokens": run.get("cached_prompt_tokens", 0)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", default="747dcf1", help="commit to compare against")
     ap.add_argument("--prompt", default="examples/bash_agent.txt")
-    ap.add_argument("--records", type=int, default=8, help="records per arm and repetition")
-    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--seeds", default="examples/bash_agent.seeds.txt")
+    ap.add_argument("--records", type=int, default=10, help="records per run (seed inputs first, then proposed)")
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-turns", type=int, default=2)
+    ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", default="", help="also write the results to this file")
     args = ap.parse_args()
 
-    model = resolve_model("default")
-    seeds = [l.strip() for l in Path(SEEDS[args.prompt]).read_text().splitlines() if l.strip()]
     console = Console()
-    totals = {1: [0, 0, 0.0], 8: [0, 0, 0.0]}  # records, completion tokens, seconds
-    with tempfile.TemporaryDirectory() as tmp, LocalServer(model, log_path=Path(tmp) / "server.log") as server:
-        client = OpenAIChatClient(base_url=server.base_url, timeout=1800)
-        seed_file = Path(tmp) / "seeds.txt"
-        # Repeated seed lines would be deduplicated: number them so every arm has `records` distinct inputs.
-        seed_file.write_text("\n".join(f"{s} (case {i})" for i, s in enumerate((seeds * 8)[: args.records])) + "\n")
+    totals: dict[str, list[dict]] = {"baseline": [], "current": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        console.print(f"installing {args.baseline} into a temporary environment")
+        pythons = {"baseline": install_baseline(args.baseline, tmp / "base"), "current": sys.executable}
+        seeds = tmp / "seeds.txt"
+        seeds.write_text((ROOT / args.seeds).read_text())
         for rep in range(args.repeats):
-            for conc in (1, 8):
-                config = SynthConfig(prompt=args.prompt, out=f"{tmp}/run-{conc}-{rep}", num_inputs=args.records,
-                                     seed_inputs=str(seed_file), max_turns=args.max_turns, max_tokens=args.max_tokens,
-                                     concurrency=conc, seed=rep, model=model)
-                start = time.monotonic()
-                records = synthesize(config, client=client, console=Console(quiet=True))
-                seconds = time.monotonic() - start
-                info = json.loads(Path(config.out, "run.json").read_text())
-                tokens = info["runs"][-1]["completion_tokens"]
-                totals[conc][0] += len(records)
-                totals[conc][1] += tokens
-                totals[conc][2] += seconds
-                console.print(f"repeat {rep} concurrency {conc}: {len(records)} records, {tokens} tokens, {seconds:.1f} s")
-    table = Table(title=f"synth throughput ({args.prompt}, {args.records} records x {args.repeats} per arm)")
-    for col in ("concurrency", "records/min", "tokens/s"):
+            for arm in ("baseline", "current"):
+                r = run_arm(pythons[arm], tmp / f"run-{arm}-{rep}", args, seeds, cwd=tmp)
+                totals[arm].append(r)
+                console.print(f"repeat {rep} {arm:<8}: {r['records']} records in {r['seconds']:.1f} s "
+                              f"({r['wall']:.1f} s with server start), {r['completion_tokens']} tokens out, "
+                              f"{r['prompt_tokens']} in ({r['cached_prompt_tokens']} reused)")
+    table = Table(title=f"synth throughput: {args.baseline} vs this checkout ({args.prompt}, {args.records} records, "
+                        f"{args.max_turns} turns, {args.max_tokens} tokens, concurrency {args.concurrency}, "
+                        f"x{args.repeats})")
+    for col in ("arm", "records/min", "tokens/s out", "prompt tokens computed", "prompt tokens reused"):
         table.add_column(col, justify="right")
     rates = {}
-    for conc, (n, tok, sec) in totals.items():
-        rates[conc] = (n / sec * 60, tok / sec)
-        table.add_row(str(conc), f"{rates[conc][0]:.2f}", f"{rates[conc][1]:.2f}")
-    table.add_row("ratio 8/1", f"{rates[8][0] / rates[1][0]:.2f}x", f"{rates[8][1] / rates[1][1]:.2f}x")
+    for arm, runs in totals.items():
+        n, sec = sum(r["records"] for r in runs), sum(r["seconds"] for r in runs)
+        tok = sum(r["completion_tokens"] for r in runs)
+        computed = sum(r["prompt_tokens"] - r["cached_prompt_tokens"] for r in runs)
+        reused = sum(r["cached_prompt_tokens"] for r in runs)
+        rates[arm] = (n / sec * 60, tok / sec)
+        table.add_row(arm, f"{rates[arm][0]:.2f}", f"{rates[arm][1]:.1f}", str(computed), str(reused))
+    table.add_row("current / baseline", f"{rates['current'][0] / rates['baseline'][0]:.2f}x",
+                  f"{rates['current'][1] / rates['baseline'][1]:.2f}x", "", "")
     console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": totals}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

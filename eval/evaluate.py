@@ -63,7 +63,7 @@ def evaluate(config: EvalConfig, console=None) -> dict:
     from genpi.eval.generation import Generator
 
     with console.status(f"loading {base_model} and {len(systems) - 2} adapter(s)"):
-        gen = Generator(base_model, systems)
+        gen = Generator(base_model, systems, rows=config.batch_size)
 
     items = held.items
     single_convs = [[{"role": "user", "content": it.input}] for it in items]
@@ -79,8 +79,7 @@ def evaluate(config: EvalConfig, console=None) -> dict:
     with _progress(console) as progress:
         def run(label, system, convs, max_new_tokens):
             task = progress.add_task(f"{label:<15} {system.name}", total=len(convs))
-            return gen.generate(system, prompt, convs, max_new_tokens, config.batch_size,
-                                on_batch=lambda n: progress.advance(task, n))
+            return gen.generate(system, prompt, convs, max_new_tokens, on_reply=lambda: progress.advance(task))
 
         for s in systems:
             single[s.name] = run("single turn", s, single_convs, config.max_new_tokens)

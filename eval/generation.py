@@ -1,8 +1,9 @@
 """Generation runner: the base model loaded once, every adapter attached to it, batched greedy decoding.
 
 Adapters are loaded into one PEFT model under their own names and switched per system; the base systems run with
-the adapters disabled. Batches are left-padded (decoder-only generation continues from the right end) and sorted
-by length so that short requests are not padded to the longest prompt.
+the adapters disabled. Replies come from :class:`genpi.engine.Engine` (continuous batching; the prompted system's
+prompt is computed once, not once per input), so evaluating the prompted system costs about what the others
+cost. Latency is measured apart, with lone requests through ``generate`` (:meth:`Generator.time_request`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Generator:
         systems: the systems to serve; those with an ``adapter`` are attached now.
     """
 
-    def __init__(self, model_name: str, systems: list[System]):
+    def __init__(self, model_name: str, systems: list[System], rows: int = 16):
         import torch
         from safetensors import SafetensorError
 
@@ -65,6 +66,9 @@ class Generator:
             self._adapter_names[s.name] = name
         self.model.eval()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        from genpi.engine import Engine
+
+        self.engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, rows=rows)
 
     def adapter_params(self, system: System) -> int:
         """Parameters the system's adapter adds to every token's compute (0 for the base model)."""
@@ -94,31 +98,26 @@ class Generator:
         prompt: AgentPrompt,
         conversations: list[list[dict]],
         max_new_tokens: int,
-        batch_size: int = 4,
-        on_batch=None,
+        on_reply=None,
     ) -> list[Generation]:
         """Greedy replies of ``system`` to each conversation (each one starts with the bare user input).
 
-        ``on_batch(n)`` is called after each batch of ``n`` conversations (for a progress bar).
+        ``on_reply()`` is called as each reply is done (for a progress bar).
         """
+        from concurrent.futures import as_completed
+
+        from genpi.engine import Request
+
         texts = [self.render(system.messages(prompt, c)) for c in conversations]
-        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        out: list[Generation | None] = [None] * len(texts)
-        with self.torch.inference_mode(), self.active(system):
-            for start in range(0, len(order), max(1, batch_size)):
-                idx = order[start : start + batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                                     add_special_tokens=False).to(self.device)
-                ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-                for row, i in zip(ids[:, enc["input_ids"].shape[1] :].tolist(), idx):
-                    n = self._until_eos(row)
-                    text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
-                    out[i] = Generation(text, lengths[i], n)
-                if on_batch:
-                    on_batch(len(idx))
-        return out  # type: ignore[return-value]
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        with self.active(system):
+            futures = [self.engine.submit(Request(x, max_new_tokens), variant=system.name) for x in ids]
+            for _ in as_completed(futures):
+                if on_reply:
+                    on_reply()
+            done = [f.result() for f in futures]
+        return [Generation(self.tokenizer.decode(c.ids, skip_special_tokens=True).strip(), len(x),
+                           len(c.ids) + (c.finish_reason == "stop")) for x, c in zip(ids, done)]
 
     def time_request(self, system: System, prompt: AgentPrompt, conversation: list[dict], max_new_tokens: int,
                      fixed_length: bool = False) -> dict:

@@ -29,10 +29,10 @@ class SynthConfig:
     prompt: str = _f("", "prompt file: plain text, <USER>:/<AGENT>: transcript, or chat JSON")
     out: str = _f("runs/synth", "run directory (created; resumed when it exists)")
     num_inputs: int = _f(32, "number of records (user inputs) to synthesize")
-    inputs_per_call: int = _f(8, "user inputs proposed per synth-model call")
-    seed_inputs: str = _f("", "optional file of real user inputs, one per line: used first, and shown to the synth model")
+    seed_inputs: str = _f("", "optional file of real user inputs, one per line: used first, and shown to the model playing the user")
     exclude_run: str = _f("", "a run directory whose inputs this run must not repeat (to synthesize a held-out run)")
     max_turns: int = _f(3, "agent turns per role-swapped dialogue at most")
+    end_pattern: str = _f("auto", "regex found in an agent turn's last line that ends the dialogue: auto (derived from the prompt's demonstrations), none, or a pattern")
     end_marker: str = _f("<END>", "text the environment writes when the dialogue is over")
     base_url: str = _f("", "OpenAI-compatible server URL (default: $OPENAI_BASE_URL, else the embedded local server)")
     # Never written: run.json and the resume signature leave it out (see `public`), and repr hides it.
@@ -40,9 +40,12 @@ class SynthConfig:
         "help": "API key of --base-url (default: $OPENAI_API_KEY; the variable keeps it out of the process list)"})
     model: str = _f("default", "agent/teacher model served at --base-url (also the default for the roles below)")
     env_model: str = _f("", "model playing the user/environment side (default: --model)")
-    synth_model: str = _f("", "model proposing inputs and writing reasons (default: --model)")
-    temperature: float = _f(0.7, "sampling temperature for every call (0 = greedy, reproducible)")
-    max_tokens: int = _f(192, "maximum new tokens per call")
+    synth_model: str = _f("", "model proposing inputs (playing the user) and writing reasons (default: --model)")
+    agent_temperature: float = _f(0.0, "sampling temperature of the agent, with and without the prompt (0 = greedy, as the paper decodes the teacher)")
+    env_temperature: float = _f(0.7, "sampling temperature of the user/environment side of dialogues")
+    inputs_temperature: float = _f(0.8, "sampling temperature of the model playing the user when it proposes inputs")
+    reason_temperature: float = _f(0.7, "sampling temperature of the reasons")
+    max_tokens: int = _f(192, "maximum new tokens per call; an agent turn cut off there ends its dialogue before it")
     concurrency: int = _f(8, "requests in flight at once")
     timeout: float = _f(600.0, "seconds before one request times out (it is then retried)")
     retries: int = _f(5, "attempts per request on 429, 5xx, timeouts and connection errors")
@@ -63,13 +66,14 @@ class SynthConfig:
 
 
 # Strategy presets: data views and loss weights. `prepend_share` is the share of behaviour examples that keep the
-# prompt in their context (its tokens unsupervised); 1.0 and 0.5 are the paper's prepend baselines.
+# prompt in their context (its tokens unsupervised); 1.0 and 0.5 are the paper's prepend baselines. `pg_share` is
+# the share of records that also get a prompt-generation example (the paper: every record).
 STRATEGIES = {
-    "genpi": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "prepend_share": 0.0},
-    "seqkd": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "prepend_share": 0.0},
-    "seqkd_kl": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 1.0, "prepend_share": 0.0},
-    "genpi_kl": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 1.0, "prepend_share": 0.0},
-    "prepend": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "prepend_share": 1.0},
+    "genpi": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "prepend_share": 0.0, "pg_share": 1.0},
+    "seqkd": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "prepend_share": 0.0, "pg_share": 0.0},
+    "seqkd_kl": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 1.0, "prepend_share": 0.0, "pg_share": 0.0},
+    "genpi_kl": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 1.0, "prepend_share": 0.0, "pg_share": 1.0},
+    "prepend": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "prepend_share": 1.0, "pg_share": 0.0},
 }
 
 
@@ -85,8 +89,9 @@ class TrainConfig:
     w_pg: float | None = _f(None, "weight of the prompt-generation loss (default: the strategy's)")
     w_kl: float | None = _f(None, "weight of the KL term to the prompted teacher (default: the strategy's)")
     prepend_share: float | None = _f(None, "share of behaviour examples that keep the prompt in context (default: the strategy's)")
-    kl_beta: float = _f(0.5, "generalized JSD mix: 0 = KL(teacher||student), 1 = KL(student||teacher)")
-    kl_temperature: float = _f(1.0, "softmax temperature of both distributions in the KL term")
+    pg_share: float | None = _f(None, "share of records that also get a prompt-generation example (default: the strategy's)")
+    kl_beta: float = _f(0.0, "divergence of the KL term: 0 = forward KL(teacher||student) as in context distillation, 1 = reverse KL(student||teacher), between = generalized JSD")
+    kl_temperature: float = _f(1.0, "softmax temperature of both distributions in the KL term (the term is scaled by its square)")
     student_context: str = _f("", "messages before each input at training and inference, as JSON (default none: the template's own)")
     max_length: int = _f(2048, "tokens per example at most; a prompt-generation target must fit whole")
     packing: bool = _f(True, "pack a batch's sequences into shared rows (block-diagonal attention) instead of padding each")
@@ -144,7 +149,7 @@ class EvalConfig:
                           "(.json) or FILE.py:FUNCTION; empty for none")
     num_inputs: int = _f(0, "held-out inputs used, the first ones (0 = all)")
     max_new_tokens: int = _f(128, "tokens generated per reply at most (greedy)")
-    batch_size: int = _f(4, "requests generated together")
+    batch_size: int = _f(16, "requests decoded together (rows of the engine)")
     multiturn_turns: int = _f(32, "agent turns of held-out dialogues replayed for multi-turn fidelity, at most (0 = skip)")
     reconstruction_inputs: int = _f(2, "inputs on which each system is asked to write the prompt back (0 = skip)")
     reconstruction_max_new_tokens: int = _f(0, "tokens per prompt reconstruction at most (0 = the prompt's length + 64)")

@@ -295,13 +295,15 @@ def build_examples(
     prompt_generation: bool = True,
     teacher: bool = False,
     prepend_share: float = 0.0,
+    pg_share: float = 1.0,
     seed: int = 0,
 ) -> tuple[list[dict], ViewStats]:
     """One training example per usable record: its behaviour view, and its prompt-generation and teacher views
     when asked for.
 
     ``prepend_share`` of the records (an exact share, chosen by a seeded hash of their ids) keep the prompt in the
-    behaviour view's context, with the prompt's tokens unsupervised.
+    behaviour view's context, with the prompt's tokens unsupervised; with ``prompt_generation``, ``pg_share`` of
+    them (at least one, chosen the same way) also get a prompt-generation view.
     """
     context = list(context or [])
     stats = ViewStats(records=len(records))
@@ -309,6 +311,8 @@ def build_examples(
     stats.skipped_error = len(records) - len(good)
     ranked = sorted(good, key=lambda r: _rank(seed, str(r["id"])))
     prepend_ids = {r["id"] for r in ranked[: round(prepend_share * len(good))]}
+    pg_ranked = sorted(good, key=lambda r: _rank(seed, f"pg:{r['id']}"))
+    pg_ids = {r["id"] for r in pg_ranked[: max(1, round(pg_share * len(good)))]} if prompt_generation else set()
     examples = []
     for record in good:
         prepended = record["id"] in prepend_ids
@@ -321,9 +325,11 @@ def build_examples(
         stats.prepended += prepended
         example = {"id": str(record["id"]), "input_ids": ids, "labels": labels, "prepended": prepended}
         stats.tokens["behaviour"] += sum(lab != IGNORE for lab in labels)
-        if prompt_generation:
-            pg_ids, pg_labels = prompt_generation_view(tokenizer, record, prompt, context, max_length)
-            example["pg_input_ids"], example["pg_labels"] = pg_ids, pg_labels
+        if prompt_generation:  # every example has the columns (a dataset takes its columns from the first row)
+            example["pg_input_ids"], example["pg_labels"] = [], []
+        if record["id"] in pg_ids:
+            pg_input, pg_labels = prompt_generation_view(tokenizer, record, prompt, context, max_length)
+            example["pg_input_ids"], example["pg_labels"] = pg_input, pg_labels
             stats.tokens["prompt_generation"] += sum(lab != IGNORE for lab in pg_labels)
         if teacher:
             t_ids, t_labels = teacher_view(tokenizer, record, prompt, turns)

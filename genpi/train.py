@@ -32,8 +32,9 @@ def _validate(c: TrainConfig) -> dict:
             raise UserError(f"--{key.replace('_', '-')} is {weights[key]}: loss weights must be 0 or more")
     if not weights["w_sft"] + weights["w_pg"] + weights["w_kl"] > 0:
         raise UserError("every loss weight is 0: give --w-sft, --w-pg or --w-kl a positive value")
-    if not 0.0 <= weights["prepend_share"] <= 1.0:
-        raise UserError(f"--prepend-share is {weights['prepend_share']}: give a share between 0 and 1")
+    for key in ("prepend_share", "pg_share"):
+        if not 0.0 <= weights[key] <= 1.0:
+            raise UserError(f"--{key.replace('_', '-')} is {weights[key]}: give a share between 0 and 1")
     if c.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UserError(f"--precision {c.precision!r}: choose auto, fp32, bf16 or fp16")
     if c.gradient_checkpointing not in ("auto", "on", "off"):
@@ -189,7 +190,8 @@ def _summary(c, weights, stats, history, steps, seconds, out):
     table.add_column(style="bold")
     table.add_column()
     table.add_row("weights", f"sft {weights['w_sft']:g}  pg {weights['w_pg']:g}  kl {weights['w_kl']:g}"
-                  + (f"  prepend {weights['prepend_share']:g}" if weights["prepend_share"] else ""))
+                  + (f"  prepend {weights['prepend_share']:g}" if weights["prepend_share"] else "")
+                  + (f"  pg share {weights['pg_share']:g}" if weights["w_pg"] and weights["pg_share"] < 1 else ""))
     skipped = f"{stats.skipped_error} failed or without an agent turn, {stats.skipped_too_long} too long"
     table.add_row("records", f"{stats.used} of {stats.records} used ({skipped}; {stats.cut_turns} cut to fewer turns)")
     table.add_row("supervised tokens", f"behaviour {stats.tokens['behaviour']}, prompt generation "
@@ -222,7 +224,7 @@ def train(config: TrainConfig, console=None) -> Path:
     examples, stats = build_examples(
         tokenizer, records, prompt, context=context, max_length=c.max_length,
         prompt_generation=weights["w_pg"] > 0, teacher=weights["w_kl"] > 0,
-        prepend_share=weights["prepend_share"], seed=c.seed,
+        prepend_share=weights["prepend_share"], pg_share=weights["pg_share"], seed=c.seed,
     )
     if c.dry_run:
         _dry_run(tokenizer, examples, stats, weights, console)
@@ -315,10 +317,13 @@ def train(config: TrainConfig, console=None) -> Path:
             "strategy": c.strategy,
             "weights": {"sft": weights["w_sft"], "pg": weights["w_pg"], "kl": weights["w_kl"]},
             "prepend_share": weights["prepend_share"],
+            "pg_share": weights["pg_share"],
             "kl": {"beta": c.kl_beta, "temperature": c.kl_temperature},
             "base_model": c.model,
             "base_model_path": resolve_model(c.model),
             "source_run": str(Path(c.data).resolve()),
+            # what synthesis kept and dropped (cut-off or empty agent turns, rejected inputs, finishes)
+            "synthesis": info.get("counts", {}),
             "prompt_hash": prompt.hash,
             "prompt_tokens": prompt.token_length(tokenizer),
             "student_context": context,

@@ -8,8 +8,8 @@
   whole ``(batch, length, vocab)`` block.
 * Rows may hold several packed sequences (see :class:`genpi.data.GenPICollator`); ``task`` and ``seq`` say, per
   position, which loss a label feeds and which example it belongs to.
-* The KL term compares the student with the same PEFT model with its adapter disabled, fed the teacher view (the
-  prompt, then the same dialogue). The two views supervise the same token ids in the same order within each
+* The KL term (forward ``KL(teacher || student)`` by default, times ``T²``) compares the student with the same PEFT
+  model with its adapter disabled, fed the teacher view (the prompt, then the same dialogue). The two views supervise the same token ids in the same order within each
   example, so the supervised positions, sorted by example, align one to one.
 """
 
@@ -50,12 +50,23 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return beta * (t.exp() * (t - m)).sum(-1) + (1.0 - beta) * (s.exp() * (s - m)).sum(-1)
 
 
+def kl_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.0,
+            temperature: float = 1.0) -> torch.Tensor:
+    """The per-token distillation term: :func:`generalized_jsd` times ``temperature²``.
+
+    ``beta = 0`` (the default) is the forward ``KL(teacher || student)`` of context distillation (Snell et al. 2022);
+    the ``T²`` factor keeps the gradients' scale independent of the temperature (Hinton et al. 2015).
+    """
+    return generalized_jsd(student_logits, teacher_logits, beta, temperature) * temperature**2
+
+
 class GenPITrainer(SFTTrainer):
     """``SFTTrainer`` whose loss is the GenPI joint loss over batches from :class:`genpi.data.GenPICollator`.
 
     Args:
         w_sft, w_pg, w_kl: weights of the behaviour, prompt-generation and KL terms.
-        kl_beta, kl_temperature: the generalized JSD's mix and temperature.
+        kl_beta, kl_temperature: the divergence of the KL term (0 = forward KL, see :func:`kl_term`) and its
+            temperature.
         Everything else goes to ``SFTTrainer``. Pass ``remove_unused_columns=False`` and
         ``dataset_kwargs={"skip_prepare_dataset": True}`` in its config: the views are tokenized already.
     """
@@ -63,7 +74,7 @@ class GenPITrainer(SFTTrainer):
     # `compute_loss` returns per-micro-batch means, so `Trainer` must divide by the accumulation steps itself.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, w_sft: float = 1.0, w_pg: float = 0.0, w_kl: float = 0.0, kl_beta: float = 0.5,
+    def __init__(self, *args, w_sft: float = 1.0, w_pg: float = 0.0, w_kl: float = 0.0, kl_beta: float = 0.0,
                  kl_temperature: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.w_sft, self.w_pg, self.w_kl = float(w_sft), float(w_pg), float(w_kl)
@@ -111,7 +122,7 @@ class GenPITrainer(SFTTrainer):
             t_targets = inputs["teacher_labels"][:, 1:][t_keep[:, :-1]][t_order]
             if not torch.equal(t_targets, targets[beh][s_order]):
                 raise RuntimeError("teacher and behaviour views do not supervise the same tokens: views are misbuilt")
-            kl = generalized_jsd(logits[beh][s_order], teacher_logits[t_order], self.kl_beta, self.kl_temperature)
+            kl = kl_term(logits[beh][s_order], teacher_logits[t_order], self.kl_beta, self.kl_temperature)
             l_kl = kl.sum() / beh.sum().clamp(min=1)
             loss = loss + self.w_kl * l_kl
             terms["loss/kl"] = l_kl

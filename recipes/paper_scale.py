@@ -34,8 +34,9 @@ AGENTS = {
                     heldout="", checker="examples/support_agent.schema.json"),
 }
 
-SYNTH = SynthConfig(num_inputs=1000, inputs_per_call=10, max_turns=4, max_tokens=512, concurrency=32,
-                    temperature=0.8, seed=0, model=MODEL)
+# The paper's code decodes the teacher and the environment greedily, the inputs at 1.0 and the reasons at 0.7.
+SYNTH = SynthConfig(num_inputs=1000, max_turns=4, max_tokens=512, concurrency=32, agent_temperature=0.0,
+                    env_temperature=0.0, inputs_temperature=1.0, reason_temperature=0.7, seed=0, model=MODEL)
 TRAIN = TrainConfig(model=MODEL, epochs=3, batch_size=4, grad_accum=4, max_length=4096, precision="auto",
                     gradient_checkpointing="auto", save_steps=100)
 EVAL = EvalConfig(model=MODEL, max_new_tokens=512, batch_size=16, latency_inputs=32, reconstruction_inputs=16)

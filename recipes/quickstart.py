@@ -19,7 +19,7 @@ from genpi.config import EvalConfig, SynthConfig, TrainConfig
 
 PROMPT = "examples/bash_agent.txt"
 
-SYNTH = SynthConfig(prompt=PROMPT, seed_inputs="examples/bash_agent.seeds.txt", num_inputs=10, inputs_per_call=8,
+SYNTH = SynthConfig(prompt=PROMPT, seed_inputs="examples/bash_agent.seeds.txt", num_inputs=10,
                     max_turns=2, max_tokens=64, concurrency=8, seed=0)
 HELDOUT = dataclasses.replace(SYNTH, seed_inputs="examples/bash_agent.heldout.txt", num_inputs=4, seed=1)
 # The paper's learning rate (1e-4, TrainConfig's default) is for hundreds of steps on a 7-8B model; these ten steps

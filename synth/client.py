@@ -8,7 +8,6 @@ backoff and jitter; client errors (400, 401, 403, 404) are not, since retrying c
 from __future__ import annotations
 
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,6 +21,7 @@ class ChatResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""
+    cached_tokens: int = 0  # prompt tokens the server reused from its prefix cache, when it says so
 
 
 class ChatClient(Protocol):
@@ -96,11 +96,13 @@ class OpenAIChatClient:
             raise UserError(f"cannot reach the chat server at {self.public_url}: start it or fix --base-url") from None
         choice = response.choices[0]
         usage = response.usage
+        details = getattr(usage, "prompt_tokens_details", None)  # OpenAI, vLLM and the genpi server report reuse here
         return ChatResult(
             text=choice.message.content or "",
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
             finish_reason=choice.finish_reason or "",
+            cached_tokens=getattr(details, "cached_tokens", 0) or 0,
         )
 
 
@@ -134,9 +136,9 @@ def is_transient(exc: BaseException) -> bool:
 class FakeChatClient:
     """A deterministic, offline chat client for unit tests and ``--dry-run`` style checks.
 
-    It answers by simple rules so that every synthesis step has something to parse: a numbered list of inputs
-    when asked for user inputs, an ``end_marker`` reply from the environment after ``end_after`` turns, and an
-    echo of the last message otherwise. Every call is kept in ``calls`` for assertions.
+    It answers by simple rules so that every synthesis step has something to parse: a new request when it plays
+    the user, an ``end_marker`` reply from the environment after ``end_after`` turns, and an echo of the last
+    message otherwise. Every call is kept in ``calls`` for assertions.
     """
 
     end_after: int = 2
@@ -149,16 +151,15 @@ class FakeChatClient:
 
     def chat(self, messages, *, model, temperature, max_tokens, seed=None) -> ChatResult:
         with self._lock:
-            self.calls.append({"messages": messages, "model": model, "seed": seed})
+            self.calls.append({"messages": messages, "model": model, "seed": seed, "temperature": temperature})
             n = len(self.calls)
         if self.fail_every and n % self.fail_every == 0:
             raise RuntimeError(f"injected failure on call {n}")
         system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
         last = messages[-1]["content"]
-        m = re.search(r"Write (\d+) new requests", last)
-        if m:
-            base = (seed or 0) * 1000
-            text = "\n".join(f"{i + 1}. Request number {base + i} about topic {(base + i) * 7 % 101}" for i in range(int(m.group(1))))
+        if last == "Next request?":
+            n = seed or 0
+            text = f"Please handle request number {n} about topic {n * 7 % 101} for me"
         elif "[ROLE PLAY]" in system:
             turns = sum(1 for x in messages if x["role"] == "user" and x["content"].startswith("answer("))
             text = f"env reply {turns} to: {last[:40]}" + (f" {self.end_marker}" if turns >= self.end_after else "")

@@ -3,11 +3,14 @@
 Each record is produced by one worker (AS-IS, then the dialogue whose first agent turn is the TO-BE answer,
 then the reason), several workers in flight at once; a finished record is appended to ``records.jsonl`` at
 once. Rerunning the same command skips every finished id.
+
+A dialogue ends when the task ends (an agent turn matches the end pattern, or the environment writes the end
+marker), after ``max_turns`` agent turns, or before an agent turn that cannot be trained on: one cut off by
+``max_tokens`` or empty is dropped (kept in ``meta.dropped``) with everything after it.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -21,10 +24,12 @@ from genpi import __version__
 from genpi.config import SynthConfig
 from genpi.errors import UserError
 from genpi.prompt import AgentPrompt, load_prompt
-from genpi.synth import roles
+from genpi.synth import episodes, roles
 from genpi.synth.client import ChatClient, ChatResult, OpenAIChatClient, public_url
-from genpi.synth.dedup import Deduplicator
+from genpi.synth.inputs import gather_inputs, rejection_counts
 from genpi.synth.store import RunStore, stable_id
+
+FINISHES = ("end", "max_turns", "truncated", "empty", "error")
 
 
 @dataclass
@@ -33,12 +38,17 @@ class Usage:
 
     calls: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the server reused from its prefix cache (as it reports them)
     completion_tokens: int = 0
 
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
     def add(self, r: ChatResult) -> None:
-        self.calls += 1
-        self.prompt_tokens += r.prompt_tokens
-        self.completion_tokens += r.completion_tokens
+        with self.lock:  # workers and side calls add from their own threads
+            self.calls += 1
+            self.prompt_tokens += r.prompt_tokens
+            self.cached_tokens += r.cached_tokens
+            self.completion_tokens += r.completion_tokens
 
 
 @dataclass
@@ -61,43 +71,60 @@ class Synthesizer:
     usage: Usage = field(default_factory=Usage)
     stopped: threading.Event = field(default_factory=threading.Event)  # set on Ctrl-C: workers make no new calls
 
+    end_pattern: str = ""  # see genpi.synth.episodes: "" lets only the environment end a dialogue
+    side: ThreadPoolExecutor | None = None  # AS-IS and reason calls of records in flight (see `record`)
+
     def _seed(self, *parts) -> int:
         return int(stable_id(self.config.seed, *parts), 16) % (2**31)
 
-    def _chat(self, messages, model, *parts) -> ChatResult:
-        c = self.config
+    def _chat(self, messages, model, temperature, *parts) -> ChatResult:
         if self.stopped.is_set():
             raise InterruptedError("the run was interrupted")
-        r = self.client.chat(messages, model=model, temperature=c.temperature, max_tokens=c.max_tokens, seed=self._seed(*parts))
+        r = self.client.chat(messages, model=model, temperature=temperature, max_tokens=self.config.max_tokens,
+                             seed=self._seed(*parts))
         self.usage.add(r)
         return r
 
     # --- step 1: inputs
 
-    def propose_inputs(self, call: int, examples: list[str]) -> tuple[str, list[str], str]:
-        """``(raw output, candidate inputs, error)``: a failed call is kept with its error, like a failed record."""
-        messages = roles.inputs_messages(self.prompt, self.config.inputs_per_call, examples)
+    def propose_input(self, call: int, examples: list[str]) -> tuple[ChatResult | None, str]:
+        """``(result, error)`` of one proposal by the model playing the user; a failed call keeps its error."""
+        messages = roles.user_messages(self.prompt, examples)
         try:
-            raw = self._chat(messages, self.models.synth, "inputs", call).text
+            return self._chat(messages, self.models.synth, self.config.inputs_temperature, "input", call), ""
         except UserError:
             raise
         except Exception as e:
-            return "", [], f"{type(e).__name__}: {e}"
-        return raw, roles.parse_inputs(raw), ""
+            return None, f"{type(e).__name__}: {e}"
 
     # --- steps 2-4: one record
 
     def record(self, index: int, record_id: str, user_input: str) -> dict:
-        """AS-IS, role-swapped dialogue (its first agent turn is TO-BE) and reason for one input."""
+        """AS-IS, role-swapped dialogue (its first agent turn is TO-BE) and reason for one input.
+
+        The AS-IS answer is made beside the dialogue's first turn, and the reason beside its later turns (each on
+        the ``side`` pool): a record then takes the time of its dialogue plus at most one call, not of all its calls.
+        """
+        c = self.config
         rec = {"id": record_id, "index": index, "input": user_input, "as_is": "", "to_be": "", "reason": "",
                "dialogue": [{"role": "user", "content": user_input}], "finish": "error",
-               "meta": {"error": "", "env_raw": [], "finish_reasons": []}}
+               "meta": {"error": "", "env_raw": [], "finish_reasons": [], "dropped": []}}
         try:
-            rec["as_is"] = self._chat(roles.as_is_messages(user_input), self.models.agent, record_id, "as_is").text
-            rec["finish"] = self._dialogue(rec)
-            rec["to_be"] = rec["dialogue"][1]["content"]
-            messages = roles.reason_messages(self.prompt, user_input, rec["as_is"], rec["to_be"])
-            rec["reason"] = self._chat(messages, self.models.synth, record_id, "reason").text
+            as_is = self._side(self._chat, roles.as_is_messages(user_input), self.models.agent, c.agent_temperature,
+                               record_id, "as_is")
+            reason = []
+
+            def after_first_turn(to_be: str) -> None:
+                rec["as_is"] = as_is.result().text
+                messages = roles.reason_messages(self.prompt, user_input, rec["as_is"], to_be)
+                reason.append(self._side(self._chat, messages, self.models.synth, c.reason_temperature, record_id,
+                                         "reason"))
+
+            rec["finish"] = self._dialogue(rec, after_first_turn)
+            rec["as_is"] = as_is.result().text
+            if len(rec["dialogue"]) > 1:
+                rec["to_be"] = rec["dialogue"][1]["content"]
+                rec["reason"] = reason[0].result().text
         except UserError:
             raise
         except Exception as e:  # kept with the record and counted, never silently dropped
@@ -105,18 +132,42 @@ class Synthesizer:
             rec["meta"]["error"] = f"{type(e).__name__}: {e}"
         return rec
 
-    def _dialogue(self, rec: dict) -> str:
+    def _side(self, fn, *args):
+        """Run ``fn(*args)`` on the side pool (its own thread per record at most), or inline without one."""
+        if self.side is None:
+            from concurrent.futures import Future
+
+            f: Future = Future()
+            try:
+                f.set_result(fn(*args))
+            except Exception as e:
+                f.set_exception(e)
+            return f
+        return self.side.submit(fn, *args)
+
+    def _dialogue(self, rec: dict, after_first_turn=None) -> str:
+        """The role-swapped dialogue, in place; ``after_first_turn(text)`` is called once the TO-BE turn is kept."""
         dialogue, meta, c = rec["dialogue"], rec["meta"], self.config
         for turn in range(c.max_turns):
-            r = self._chat(roles.agent_messages(self.prompt, dialogue), self.models.agent, rec["id"], "agent", turn)
-            dialogue.append({"role": "assistant", "content": r.text})
+            r = self._chat(roles.agent_messages(self.prompt, dialogue), self.models.agent, c.agent_temperature,
+                           rec["id"], "agent", turn)
             meta["finish_reasons"].append(r.finish_reason)
-            if c.end_marker in r.text:
+            marked = c.end_marker in r.text
+            text = r.text.replace(c.end_marker, "").strip() if marked else r.text  # markers never reach training
+            if r.finish_reason == "length" or not text.strip():
+                # A cut-off turn would teach the student to stop mid-action, an empty one to say nothing.
+                reason = "truncated" if r.finish_reason == "length" else "empty"
+                meta["dropped"].append({"turn": turn, "reason": reason, "text": r.text})
+                return reason
+            dialogue.append({"role": "assistant", "content": text})
+            if turn == 0 and after_first_turn:
+                after_first_turn(text)
+            if marked or episodes.ends_task(text, self.end_pattern):
                 return "end"
             if turn == c.max_turns - 1:
                 return "max_turns"
             env = roles.environment_messages(self.prompt, dialogue, c.end_marker)
-            raw = self._chat(env, self.models.env, rec["id"], "env", turn).text
+            raw = self._chat(env, self.models.env, c.env_temperature, rec["id"], "env", turn).text
             meta["env_raw"].append(raw)
             reply = raw.replace(c.end_marker, "").strip()
             if c.end_marker in raw or not reply:
@@ -133,13 +184,14 @@ def _progress():
 
 
 @contextmanager
-def _workers(syn: Synthesizer):
+def workers(syn: Synthesizer):
     """A thread pool that, on Ctrl-C or an error, stops at once: no new calls, no retries, no waiting.
 
     Calls already sent finish in the background (the embedded server is stopped right after); their records were
     not finished, so nothing finished is lost, and the rerun makes them.
     """
     pool = ThreadPoolExecutor(max_workers=syn.config.concurrency)
+    syn.side = ThreadPoolExecutor(max_workers=syn.config.concurrency)  # one side call per record at a time
     try:
         yield pool
     except BaseException:
@@ -149,63 +201,11 @@ def _workers(syn: Synthesizer):
         raise
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        syn.side.shutdown(wait=False, cancel_futures=True)
+        syn.side = None
 
 
-def gather_inputs(syn: Synthesizer, store: RunStore, seeds: list[str], progress) -> list[str]:
-    """Step 1, resumable: rounds of ``concurrency`` calls, deduplicated in call order, one line per call."""
-    c = syn.config
-    done = store.inputs()
-    dedup = Deduplicator()
-    for text in excluded_inputs(c.exclude_run):
-        dedup.add(text)
-    inputs = [row["input"] for call in done for row in call["accepted"]]
-    for text in inputs:
-        dedup.add(text)
-    if seeds and not done:
-        # Seed inputs are real user inputs: they come first, as call -1, and the synth model adds to them.
-        accepted = []
-        for text in seeds:
-            if len(inputs) < c.num_inputs and dedup.add(text):
-                accepted.append({"id": stable_id(syn.prompt.hash, "input", len(inputs)), "index": len(inputs), "input": text})
-                inputs.append(text)
-        store.append_input_call({"call": -1, "raw": "", "accepted": accepted, "rejected": []})
-        done = [{"call": -1}]
-    next_call = max((call["call"] for call in done), default=-1) + 1
-    stale = 0
-    # A small model repeats itself: give up after enough rounds that brought nothing new.
-    max_calls = next_call + 4 * math.ceil(max(0, c.num_inputs - len(inputs)) / max(1, c.inputs_per_call)) + 4
-    task = progress.add_task("inputs", total=c.num_inputs, completed=min(len(inputs), c.num_inputs), rate="")
-    with _workers(syn) as pool:
-        while len(inputs) < c.num_inputs and next_call < max_calls:
-            examples = inputs[-12:]
-            calls = list(range(next_call, next_call + c.concurrency))
-            results = list(pool.map(lambda k: syn.propose_inputs(k, examples), calls))
-            new_total = 0
-            for k, (raw, candidates, error) in zip(calls, results):
-                accepted, rejected = [], []
-                for text in candidates:
-                    if len(inputs) < c.num_inputs and dedup.add(text):
-                        index = len(inputs)
-                        accepted.append({"id": stable_id(syn.prompt.hash, "input", index), "index": index, "input": text})
-                        inputs.append(text)
-                    else:
-                        rejected.append(text)
-                store.append_input_call({"call": k, "raw": raw, "accepted": accepted, "rejected": rejected, "error": error})
-                new_total += len(accepted)
-            next_call += len(calls)
-            errors = [error for _, _, error in results if error]
-            if len(errors) == len(results):
-                raise UserError(f"every call proposing user inputs failed ({errors[0]}); they are kept in "
-                                f"{store.dir / 'inputs.jsonl'}: fix the server or --synth-model, then rerun to resume")
-            stale = stale + 1 if new_total == 0 else 0
-            if stale >= 3:
-                break
-            progress.update(task, completed=min(len(inputs), c.num_inputs))
-    progress.update(task, completed=min(len(inputs), c.num_inputs))
-    return inputs[: c.num_inputs]
-
-
-def gather_records(syn: Synthesizer, store: RunStore, inputs: list[str], progress) -> tuple[list[dict], int]:
+def gather_records(syn: Synthesizer, store: RunStore, inputs: list[str], pool, progress) -> tuple[list[dict], int]:
     """Steps 2-4, resumable: every input without a finished record gets one, ``concurrency`` in flight."""
     retried = store.retire_failed()  # failed records are made again; errors.jsonl keeps the failures
     records = store.records()
@@ -215,49 +215,82 @@ def gather_records(syn: Synthesizer, store: RunStore, inputs: list[str], progres
     label = f"records ({retried} failed before, retried)" if retried else "records"
     task = progress.add_task(label, total=len(inputs), completed=len(inputs) - len(todo), rate="")
     start, new = time.monotonic(), 0
-    with _workers(syn) as pool:
-        pending = {pool.submit(syn.record, *t) for t in todo}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                rec = fut.result()
-                store.append_record(rec)
-                records.append(rec)
-                new += 1
-                rate = new / max(1e-9, time.monotonic() - start) * 60
-                progress.update(task, advance=1, rate=f"{rate:.1f} rec/min")
+    pending = {pool.submit(syn.record, *t) for t in todo}
+    while pending:
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in finished:
+            rec = fut.result()
+            store.append_record(rec)
+            records.append(rec)
+            new += 1
+            rate = new / max(1e-9, time.monotonic() - start) * 60
+            progress.update(task, advance=1, rate=f"{rate:.1f} rec/min")
     return records, new
 
 
-def summary_table(records: list[dict], requested: int, new: int, usage: Usage, elapsed: float, retries: int):
+def counts(records: list[dict], store: RunStore) -> dict:
+    """What became of the inputs and dialogues: written to ``run.json`` and shown in the summary."""
+    finish = Counter(r["finish"] for r in records)
+    dropped = Counter(d["reason"] for r in records for d in (r.get("meta") or {}).get("dropped", []))
+    trainable = sum(1 for r in records if r["finish"] != "error" and len(r["dialogue"]) > 1)
+    return {"records": len(records), "trainable": trainable, "finish": {k: finish.get(k, 0) for k in FINISHES},
+            "dropped_agent_turns": dict(dropped),
+            "agent_turns": sum(m["role"] == "assistant" for r in records for m in r["dialogue"]),
+            "inputs_rejected": rejection_counts(store)}
+
+
+def summary_table(n: dict, requested: int, new: int, usage: Usage, elapsed: float, retries: int):
     from rich.table import Table
 
-    finish = Counter(r["finish"] for r in records)
-    agent_turns = [sum(m["role"] == "assistant" for m in r["dialogue"]) for r in records]
     table = Table(title="genpi synth")
     table.add_column("")
     table.add_column("value", justify="right")
-    table.add_row("records", f"{len(records)} / {requested} ({new} new)")
-    for reason in ("end", "max_turns", "error"):
-        table.add_row(f"finish: {reason}", str(finish.get(reason, 0)))
-    table.add_row("agent turns / dialogue", f"{sum(agent_turns) / max(1, len(agent_turns)):.2f}")
+    table.add_row("records", f"{n['records']} / {requested} ({new} new, {n['trainable']} with an agent turn)")
+    rejected = n["inputs_rejected"]
+    if rejected:
+        top = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])[:4])
+        table.add_row("inputs rejected", f"{sum(rejected.values())} ({top})")
+    for reason in FINISHES:
+        table.add_row(f"finish: {reason}", str(n["finish"].get(reason, 0)))
+    dropped = n["dropped_agent_turns"]
+    table.add_row("agent turns kept / dropped", f"{n['agent_turns']} / {sum(dropped.values())}"
+                  + (f" ({', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else ""))
     table.add_row("calls (retries)", f"{usage.calls} ({retries})")
-    table.add_row("tokens in / out", f"{usage.prompt_tokens} / {usage.completion_tokens}")
+    table.add_row("prompt tokens computed / reused", f"{usage.prompt_tokens - usage.cached_tokens} / {usage.cached_tokens}")
+    table.add_row("tokens out", str(usage.completion_tokens))
     table.add_row("time", f"{elapsed:.1f} s")
     table.add_row("rate", f"{new / max(elapsed, 1e-9) * 60:.1f} records/min, {usage.completion_tokens / max(elapsed, 1e-9):.1f} tokens/s")
     return table
+
+
+def resolve_end_pattern(prompt: AgentPrompt, setting: str) -> str:
+    """``--end-pattern``: auto (derived from the demonstrations), none, or a regex (checked)."""
+    import re
+
+    if setting == "auto":
+        return episodes.derive_end_pattern(prompt)
+    if setting == "none":
+        return ""
+    try:
+        re.compile(setting)
+    except re.error as e:
+        raise UserError(f"--end-pattern {setting!r} is not a valid regular expression ({e}): fix it, or pass auto or none") from None
+    return setting
 
 
 def dry_run(prompt: AgentPrompt, config: SynthConfig, seeds: list[str]) -> None:
     """Print the exact messages each role would be sent for one input; send nothing."""
     from rich.console import Console
 
+    from genpi.synth.inputs import pick_examples
+
     console = Console()
     sample = seeds[0] if seeds else "<a user input proposed in step 1>"
     placeholder = "<the agent's reply, relayed verbatim>"
     dialogue = [{"role": "user", "content": sample}, {"role": "assistant", "content": placeholder}]
+    gold = [ep.task for ep in episodes.episodes(prompt) if ep.task] + seeds
     views = {
-        "1. inputs (synth model)": roles.inputs_messages(prompt, config.inputs_per_call, seeds[:12]),
+        "1. inputs (synth model playing the user)": roles.user_messages(prompt, pick_examples(gold, [], 0, config.seed)),
         "2a. AS-IS (agent, student view: no prompt)": roles.as_is_messages(sample),
         "2b. TO-BE / dialogue turn 1 (agent, teacher view)": roles.agent_messages(prompt, dialogue[:1]),
         "3. environment turn 1 (role swap)": roles.environment_messages(prompt, dialogue, config.end_marker),
@@ -267,6 +300,11 @@ def dry_run(prompt: AgentPrompt, config: SynthConfig, seeds: list[str]) -> None:
         console.rule(title)
         for m in messages:
             console.print(f"[bold]{m['role']}[/bold]:", m["content"], markup=False, highlight=False)
+    pattern = resolve_end_pattern(prompt, config.end_pattern)
+    console.rule("end of a dialogue")
+    console.print(f"an agent turn whose last line matches {pattern!r}" if pattern else "no end pattern",
+                  f"or an environment reply with {config.end_marker!r}; at most {config.max_turns} agent turns",
+                  markup=False, highlight=False)
 
 
 def excluded_inputs(run_dir: str) -> list[str]:
@@ -294,9 +332,12 @@ def read_seeds(path: str) -> list[str]:
 def _validate(c: SynthConfig) -> None:
     if not c.prompt:
         raise UserError("no prompt given: pass --prompt FILE")
-    for name in ("num_inputs", "inputs_per_call", "max_turns", "max_tokens", "concurrency", "retries"):
+    for name in ("num_inputs", "max_turns", "max_tokens", "concurrency", "retries"):
         if getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+    for name in ("agent_temperature", "env_temperature", "inputs_temperature", "reason_temperature"):
+        if not 0 <= getattr(c, name) <= 2:
+            raise UserError(f"--{name.replace('_', '-')} must be between 0 and 2, got {getattr(c, name)}")
     if not c.end_marker.strip():
         raise UserError("--end-marker must not be empty")
     excluded_inputs(c.exclude_run)  # fails now, before the run directory is made, if it is not a run
@@ -316,6 +357,7 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
 
     _validate(config)
     prompt = load_prompt(config.prompt)
+    end_pattern = resolve_end_pattern(prompt, config.end_pattern)
     seeds = read_seeds(config.seed_inputs)
     if config.dry_run:
         dry_run(prompt, config, seeds)
@@ -333,19 +375,19 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
         served, endpoint = config.model, public_url(base_url) if client is None else type(client).__name__
         if client is None and not base_url:
             from genpi.models import resolve_model
-            from genpi.synth.server import LocalServer
+            from genpi.server import LocalServer
 
             if {config.env_model, config.synth_model} - {"", config.model}:
                 raise UserError("the embedded server serves one model: pass --base-url to use another --env-model or --synth-model")
             served = resolve_model(config.model)
-            with console.status("starting the embedded server (transformers serve)"):
+            with console.status("starting the embedded server"):
                 server = stack.enter_context(LocalServer(served, log_path=store.dir / "server.log"))
-            base_url, endpoint = server.base_url, "embedded transformers serve"
+            base_url, endpoint = server.base_url, "embedded genpi server"
         if client is None:
             client = OpenAIChatClient(base_url=base_url, api_key=config.api_key or None, timeout=config.timeout,
                                       retries=config.retries)
         models = Roles(agent=served, env=config.env_model or served, synth=config.synth_model or served)
-        syn = Synthesizer(prompt, config, client, models)
+        syn = Synthesizer(prompt, config, client, models, end_pattern=end_pattern)
         info.update({
             "genpi_version": __version__,
             "prompt_path": str(config.prompt),
@@ -354,26 +396,29 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
                        "text": prompt.text},
             "endpoint": endpoint,
             "models": asdict(models),
+            "end_pattern": end_pattern,
             "config": {**config.public(), "base_url": public_url(config.base_url) if config.base_url else ""},
             "signature": signature,
         })
         store.write_info(info)
 
         start = time.monotonic()
-        with _progress() as progress:
-            inputs = gather_inputs(syn, store, seeds, progress)
-            records, new = gather_records(syn, store, inputs, progress)
+        with _progress() as progress, workers(syn) as pool:
+            inputs = gather_inputs(syn, store, seeds, excluded_inputs(config.exclude_run), pool, progress)
+            records, new = gather_records(syn, store, inputs, pool, progress)
         elapsed = time.monotonic() - start
 
     retries = getattr(client, "retry_count", 0)
-    finish = Counter(r["finish"] for r in records)
-    info["counts"] = {"inputs": len(inputs), "records": len(records), "finish": dict(finish)}
+    n = counts(records, store)
+    info["counts"] = {"inputs": len(inputs), **n}
     runs = info.setdefault("runs", [])
     runs.append({"new_records": new, "seconds": round(elapsed, 2), "calls": syn.usage.calls, "retries": retries,
-                 "prompt_tokens": syn.usage.prompt_tokens, "completion_tokens": syn.usage.completion_tokens})
+                 "prompt_tokens": syn.usage.prompt_tokens, "cached_prompt_tokens": syn.usage.cached_tokens,
+                 "completion_tokens": syn.usage.completion_tokens})
     store.write_info(info)
-    console.print(summary_table(records, config.num_inputs, new, syn.usage, elapsed, retries))
+    console.print(summary_table(n, config.num_inputs, new, syn.usage, elapsed, retries))
     if len(inputs) < config.num_inputs:
-        console.print(f"[yellow]only {len(inputs)} distinct inputs after repeated calls: the synth model repeats itself; "
-                      "try a higher --temperature or --seed-inputs[/yellow]")
+        console.print(f"[yellow]only {len(inputs)} usable distinct inputs after {config.num_inputs * 6} proposals at most: "
+                      "the model playing the user repeats itself or leaves its role (see the rejections in "
+                      "inputs.jsonl); add --seed-inputs, or raise --inputs-temperature[/yellow]")
     return records

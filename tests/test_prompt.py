@@ -80,10 +80,16 @@ def test_hash_depends_on_content_only(tmp_path):
 
 
 def test_examples_parse_and_are_long_enough(smol_tokenizer):
-    for name, kind in (("examples/bash_agent.txt", "transcript"), ("examples/support_agent.txt", "text")):
+    for name, kind in (("examples/bash_agent.txt", "transcript"), ("examples/support_agent.txt", "transcript")):
         p = load_prompt(name)
         assert p.kind == kind
         assert 300 <= p.token_length(smol_tokenizer) <= 1500
+
+
+def test_support_example_is_a_system_preamble_with_demonstrations():
+    p = load_prompt("examples/support_agent.txt")
+    assert p.system.startswith("You are Aria") and p.input_prefix == "Customer message:"
+    assert [m["role"] for m in p.demonstrations] == ["user", "assistant"] * 3
 
 
 def test_student_messages_have_no_prompt():

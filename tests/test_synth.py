@@ -7,35 +7,46 @@ import pytest
 from genpi.config import SynthConfig
 from genpi.errors import UserError
 from genpi.prompt import load_prompt, parse_prompt
-from genpi.synth import roles
+from genpi.synth import episodes, roles
 from genpi.synth.client import ChatResult, FakeChatClient
 from genpi.synth.dedup import Deduplicator
 from genpi.synth.pipeline import synthesize
 from genpi.synth.store import load_run, read_jsonl
 
 BASH = "examples/bash_agent.txt"
-SUPPORT = "examples/support_agent.txt"
+PLAIN = "tests/prompts/invoice_extractor.txt"  # a plain system prompt, no demonstrations
 
 
 def cfg(tmp_path, prompt=BASH, **kw):
     return SynthConfig(prompt=prompt, out=str(tmp_path / "run"), **{"num_inputs": 6, "max_turns": 3, "concurrency": 3, **kw})
 
 
-def test_role_swap_inverts_demonstrations_and_relays_agent_text_verbatim():
+def test_role_swap_replays_the_first_episode_inverted_and_relays_agent_text_verbatim():
     p = load_prompt(BASH)
     agent_text = "Think: look.\nAct: bash\n```bash\nls -la /tmp  \n```\n"  # trailing spaces and newline kept
     dialogue = [{"role": "user", "content": "list /tmp"}, {"role": "assistant", "content": agent_text}]
     env = roles.environment_messages(p, dialogue, "<END>")
     assert env[0]["role"] == "system" and "[ROLE PLAY]" in env[0]["content"]
-    demos = p.demonstrations
-    assert [m["role"] for m in env[1 : 1 + len(demos)]] == ["assistant" if m["role"] == "user" else "user" for m in demos]
-    assert [m["content"] for m in env[1 : 1 + len(demos)]] == [m["content"] for m in demos]
+    first = episodes.episodes(p)[0].turns
+    assert env[1 : 1 + len(first)] == [{"role": "assistant" if m["role"] == "user" else "user", "content": m["content"]}
+                                       for m in first]
+    assert env[1 + len(first)] == {"role": "assistant", "content": "<END>"}  # the task is over after its final turn
     assert env[-2] == {"role": "assistant", "content": p.teacher_messages("list /tmp")[-1]["content"]}
     assert env[-1] == {"role": "user", "content": agent_text}
 
 
+def test_the_environment_never_sees_a_demonstrated_turn_that_opens_a_new_task():
+    p = load_prompt(BASH)
+    env = roles.environment_messages(p, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "<END>")
+    later_opening = episodes.episodes(p)[1].turns[0]["content"]
+    assert later_opening.startswith("Now, I will start a new problem")
+    assert not any(later_opening in m["content"] for m in env)
+    # ... but it still sees the environment's replies of that episode (an empty output, a count)
+    assert "cp /home/ana/*.csv /tmp/reports/" in env[0]["content"] and "The output of the OS:\n4" in env[0]["content"]
+
+
 def test_role_swap_for_plain_prompt_plays_the_user():
-    p = load_prompt(SUPPORT)
+    p = load_prompt(PLAIN)
     dialogue = [{"role": "user", "content": "my train was late"}, {"role": "assistant", "content": '{"a": 1}'}]
     env = roles.environment_messages(p, dialogue, "<END>")
     assert "You play the user" in env[0]["content"]
@@ -82,17 +93,12 @@ def test_dedup_drops_exact_and_near_duplicates():
     assert not d.add("   ")
 
 
-def test_parse_inputs_strips_numbering_and_drops_headers():
-    text = "Here are the requests:\n1. Count the lines in a.txt\n2) \"Find big files in /var\"\n- List users on the box\nok\n"
-    assert roles.parse_inputs(text) == ["Count the lines in a.txt", "Find big files in /var", "List users on the box"]
-
-
 class RepeatingClient(FakeChatClient):
-    """Proposes the same inputs on every call: the run must stop asking, not loop."""
+    """Proposes the same input on every call: the run must stop asking, not loop."""
 
     def chat(self, messages, *, model, temperature, max_tokens, seed=None):
-        if "new requests" in messages[-1]["content"]:
-            return ChatResult("1. Count the lines in /etc/passwd\n2. count the lines in /etc/passwd!")
+        if messages[-1]["content"] == roles.NEXT_REQUEST:
+            return ChatResult("Count the lines in /etc/passwd for me", finish_reason="stop")
         return super().chat(messages, model=model, temperature=temperature, max_tokens=max_tokens, seed=seed)
 
 
@@ -100,7 +106,8 @@ def test_repeating_synth_model_ends_with_fewer_inputs(tmp_path):
     records = synthesize(cfg(tmp_path, num_inputs=5), client=RepeatingClient())
     assert len(records) == 1
     calls = read_jsonl(tmp_path / "run" / "inputs.jsonl")
-    assert sum(len(c["accepted"]) for c in calls) == 1 and calls[1]["rejected"]
+    assert sum(len(c["accepted"]) for c in calls) == 1
+    assert {r["reason"] for c in calls for r in c["rejected"]} == {"duplicate"}
 
 
 def test_records_have_the_documented_shape_and_load_as_dataset(tmp_path):
@@ -126,7 +133,7 @@ def test_resume_after_torn_write_produces_exactly_the_missing_records(tmp_path):
     assert len(rows) == 6 and len({r["id"] for r in rows}) == 6
     assert {r["id"] for r in rows} == {r["id"] for r in first} == {r["id"] for r in again}
     # only the three missing records were made again: no new input calls, three AS-IS calls
-    assert not any("new requests" in call["messages"][-1]["content"] for call in fake.calls)
+    assert not any(call["messages"][-1]["content"] == roles.NEXT_REQUEST for call in fake.calls)
     reasons = [call for call in fake.calls if "[REASON]" in call["messages"][-1]["content"]]
     assert len(reasons) == 3
 
@@ -178,14 +185,15 @@ def test_dry_run_prints_messages_and_writes_nothing(tmp_path, capsys):
     assert "ShellPilot" in out
 
 
-def test_seed_inputs_come_first_and_are_shown_to_the_synth_model(tmp_path):
+def test_seed_inputs_come_first_and_are_shown_to_the_model_playing_the_user(tmp_path):
     fake = FakeChatClient()
     seeds = [l for l in open("examples/bash_agent.seeds.txt").read().splitlines() if l.strip()]
     records = synthesize(cfg(tmp_path, num_inputs=len(seeds) + 2, seed_inputs="examples/bash_agent.seeds.txt"), client=fake)
     by_index = sorted(records, key=lambda r: r["index"])
     assert [r["input"] for r in by_index[: len(seeds)]] == seeds
-    first = fake.calls[0]["messages"][-1]["content"]
-    assert "new requests" in first and "How many lines does the file /etc/passwd have?" in first
+    proposals = [c["messages"] for c in fake.calls if c["messages"][-1]["content"] == roles.NEXT_REQUEST]
+    shown = {m["content"] for msgs in proposals for m in msgs if m["role"] == "assistant"}
+    assert shown & set(seeds), "seed inputs are among the requests the user side has 'sent' before"
     assert len(records) == len(seeds) + 2
 
 
@@ -249,7 +257,7 @@ def test_rerun_retries_failed_records_and_keeps_the_failures(tmp_path):
 
 class _FailingInputsClient(FakeChatClient):
     def chat(self, messages, **kw):
-        if "new requests" in messages[-1]["content"]:
+        if messages[-1]["content"] == roles.NEXT_REQUEST:
             raise RuntimeError("the synth model is overloaded")
         return super().chat(messages, **kw)
 
@@ -264,9 +272,9 @@ def test_failing_input_calls_are_kept_and_a_round_of_only_failures_is_one_clear_
 
 
 def test_the_same_seed_gives_the_same_run(tmp_path):
-    a = synthesize(cfg(tmp_path / "a", temperature=0.0, seed=3), client=FakeChatClient())
-    b = synthesize(cfg(tmp_path / "b", temperature=0.0, seed=3), client=FakeChatClient())
-    c = synthesize(cfg(tmp_path / "c", temperature=0.0, seed=4), client=FakeChatClient())
+    a = synthesize(cfg(tmp_path / "a", seed=3), client=FakeChatClient())
+    b = synthesize(cfg(tmp_path / "b", seed=3), client=FakeChatClient())
+    c = synthesize(cfg(tmp_path / "c", seed=4), client=FakeChatClient())
     key = lambda rows: sorted((r["id"], r["input"], r["to_be"], json.dumps(r["dialogue"])) for r in rows)
     assert key(a) == key(b)
     assert [r["input"] for r in sorted(a, key=lambda r: r["index"])] != [r["input"] for r in sorted(c, key=lambda r: r["index"])]
@@ -274,7 +282,7 @@ def test_the_same_seed_gives_the_same_run(tmp_path):
 
 def test_a_failed_server_start_leaves_a_run_the_same_command_resumes(tmp_path, monkeypatch):
     import genpi.models
-    import genpi.synth.server
+    import genpi.server
 
     class NoServer:
         def __init__(self, *a, **kw):
@@ -288,7 +296,7 @@ def test_a_failed_server_start_leaves_a_run_the_same_command_resumes(tmp_path, m
 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.setattr(genpi.models, "resolve_model", lambda name: "/models/tiny")
-    monkeypatch.setattr(genpi.synth.server, "LocalServer", NoServer)
+    monkeypatch.setattr(genpi.server, "LocalServer", NoServer)
     with pytest.raises(UserError, match="exited with code 1"):
         synthesize(cfg(tmp_path))
     assert (tmp_path / "run" / "run.json").exists()

@@ -20,7 +20,7 @@ from genpi.trainer import generalized_jsd, packing_works, scored_positions
 
 
 def test_presets_follow_the_paper_and_flags_override_them():
-    assert STRATEGIES["genpi"] == {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "prepend_share": 0.0}
+    assert STRATEGIES["genpi"] == {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "prepend_share": 0.0, "pg_share": 1.0}
     assert TrainConfig(strategy="seqkd").weights()["w_pg"] == 0.0
     assert TrainConfig(strategy="seqkd_kl").weights()["w_kl"] > 0
     assert TrainConfig(strategy="prepend").weights()["prepend_share"] == 1.0
@@ -59,6 +59,19 @@ def test_generalized_jsd_endpoints_symmetry_and_bounds():
     assert generalized_jsd(s, s, beta=0.3).abs().max() < 1e-6
     # temperature flattens both distributions: the divergence shrinks
     assert (generalized_jsd(s, t, beta=0.5, temperature=4.0) < jsd).all()
+
+
+def test_kl_term_defaults_to_forward_kl_scaled_by_t_squared():
+    from genpi.config import TrainConfig
+    from genpi.trainer import kl_term
+
+    assert TrainConfig().kl_beta == 0.0  # context distillation's forward KL(teacher || student)
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 11), torch.randn(5, 11)
+    for temp in (1.0, 2.0, 4.0):
+        expected = generalized_jsd(s, t, beta=0.0, temperature=temp) * temp**2  # Hinton et al.: gradients keep their scale
+        assert torch.allclose(kl_term(s, t, beta=0.0, temperature=temp), expected, atol=1e-6)
+    assert torch.allclose(kl_term(s, t, beta=0.5, temperature=1.0), generalized_jsd(s, t, beta=0.5), atol=1e-6)
 
 
 def test_scored_positions_point_at_the_token_before_each_label():

@@ -159,6 +159,22 @@ def test_prepend_keeps_the_prompt_for_an_exact_share_with_prompt_tokens_masked(s
     assert [e["input_ids"] for e in again] == [e["input_ids"] for e in examples]  # the choice is seeded
 
 
+def test_pg_share_gives_an_exact_seeded_share_of_records_a_prompt_generation_view(smol_tokenizer):
+    from datasets import Dataset
+
+    tok = smol_tokenizer
+    recs = fx.records(4)
+    examples, stats = build_examples(tok, recs, fx.prompt(), max_length=512, pg_share=0.5, seed=1)
+    with_pg = [e for e in examples if e["pg_input_ids"]]
+    assert len(with_pg) == 2 and all(e["pg_input_ids"] == [] for e in examples if e not in with_pg)
+    assert stats.tokens["prompt_generation"] == sum(sum(l != -100 for l in e["pg_labels"]) for e in with_pg)
+    again, _ = build_examples(tok, recs, fx.prompt(), max_length=512, pg_share=0.5, seed=1)
+    assert [e["id"] for e in again if e["pg_input_ids"]] == [e["id"] for e in with_pg]
+    one, _ = build_examples(tok, recs, fx.prompt(), max_length=512, pg_share=0.01)
+    assert sum(bool(e["pg_input_ids"]) for e in one) == 1  # a positive share keeps at least one
+    assert len(Dataset.from_list(examples)) == 4  # rows with and without the view make one dataset
+
+
 def test_a_dialogue_that_does_not_start_with_the_input_is_refused(smol_tokenizer):
     rec = fx.record(0)
     rec["dialogue"][0]["content"] = "something else"

@@ -1,0 +1,452 @@
+"""Continuous batched generation that computes a shared prompt prefix once: the decoding loop of the embedded
+server and of ``genpi eval``.
+
+On a CPU an agent's synthesis calls cost more in prefill than in decoding: every call carries the same long
+prompt, and a dialogue's next turn carries the previous one again. The engine therefore keeps
+
+* **rows**: a KV cache of ``rows`` independent sequences. Every step decodes one token for every active row
+  together; a row that finishes hands its reply back at once and its place goes to the next waiting request, so a
+  long reply never holds up the others (continuous batching);
+* **a prefix store**: the KV of sequences seen before (the shared prefix of requests that arrive together, and
+  every finished request with its reply), least recently used dropped first past ``prefix_bytes``. A new request
+  starts from the stored sequence it shares the longest prefix with, when that is at least ``min_prefix`` tokens,
+  and computes only the rest: the agent's prompt is computed once, and a dialogue's next turn only its new turns.
+
+Rows are left-aligned (a row's token ``i`` sits at position ``i`` of its cache), each with its own length,
+temperature, top-p, seed and token budget; attention masks are built here (4-D, one row each), so the model
+sees exactly the tokens of its own sequence. Greedy results equal decoding each request alone, up to float
+rounding. Sliding-window attention is not applied (the mask is full): use models without it, or contexts
+shorter than the window.
+
+``Completion.cached_tokens`` says how many prompt tokens came from the store (the OpenAI
+``usage.prompt_tokens_details.cached_tokens``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Request:
+    """One generation: prompt token ids and how to sample."""
+
+    ids: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    ids: list[int]  # generated tokens, the stop token excluded
+    finish_reason: str  # "stop" (a stop token) or "length" (max_new_tokens reached)
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose KV came from the prefix store instead of being computed
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    steps: int = 0
+    prefill_tokens: int = 0  # prompt tokens computed (the rest came from the store)
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+def common_prefix(a, b) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class _Entry:
+    ids: tuple
+    keys: list  # per layer (1, kv_heads, len, head_dim)
+    values: list
+    nbytes: int
+
+
+class PrefixStore:
+    """Token sequences with their KV cache; the least recently used are dropped past ``max_bytes``."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple, _Entry] = OrderedDict()  # (variant, ids) -> entry
+        self.nbytes = 0
+
+    def best(self, variant: str, ids: list[int], limit: int) -> tuple[_Entry | None, int]:
+        """The entry sharing the longest prefix with ``ids[:limit]``, and that length."""
+        best, length = None, 0
+        for (v, _), entry in self.entries.items():
+            if v == variant:
+                n = common_prefix(entry.ids, ids[:limit])
+                if n > length:
+                    best, length = entry, n
+        if best is not None:
+            self.entries.move_to_end((variant, best.ids))
+        return best, length
+
+    def put(self, variant: str, entry: _Entry) -> None:
+        key = (variant, entry.ids)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return
+        self.entries[key] = entry
+        self.nbytes += entry.nbytes
+        while self.nbytes > self.max_bytes and len(self.entries) > 1:
+            _, old = self.entries.popitem(last=False)
+            self.nbytes -= old.nbytes
+
+
+class _RowCache:
+    """What the model's attention layers see as ``past_key_values`` during one forward pass: rows ``lo:hi`` of the
+    engine's cache. ``update`` writes the new keys and values at each query token's slot and returns the rows'
+    caches up to ``width`` positions."""
+
+    is_compileable = False
+
+    def __init__(self, keys, values, lo: int, hi: int, slots, width: int):
+        self.keys, self.values, self.lo, self.hi, self.slots, self.width = keys, values, lo, hi, slots, width
+        import torch
+
+        self.rows = torch.arange(hi - lo, device=slots.device)[:, None]
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        k, v = self.keys[layer_idx][self.lo : self.hi], self.values[layer_idx][self.lo : self.hi]
+        k[self.rows, :, self.slots] = key_states.transpose(1, 2)
+        v[self.rows, :, self.slots] = value_states.transpose(1, 2)
+        return k[:, :, : self.width], v[:, :, : self.width]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.width
+
+
+@dataclass
+class _Row:
+    request: Request
+    future: Future
+    variant: str
+    cached: int
+    length: int  # tokens in the cache
+    token: int = -1  # the last sampled token, not yet in the cache
+    produced: list = field(default_factory=list)
+    generator: object = None
+
+
+class Engine:
+    """Serves :class:`Request` objects with one loaded causal LM, from a background thread.
+
+    Args:
+        model: a transformers causal LM (or a PEFT model around one), on its device and in eval mode.
+        eos_ids: token ids that end a reply.
+        pad_id: id used for padding (never attended to).
+        rows: sequences decoded together at most.
+        min_prefix: tokens a stored prefix must share with a request to be used.
+        prefix_bytes: memory the prefix store may keep.
+        max_context: positions per row (default: the model's context length).
+    """
+
+    def __init__(self, model, eos_ids: set[int], pad_id: int, rows: int = 16, min_prefix: int = 32,
+                 prefix_bytes: int = 2 * 2**30, max_context: int | None = None):
+        import torch
+
+        self.torch = torch
+        self.model = model
+        self.eos_ids = set(eos_ids)
+        self.pad_id = pad_id
+        self.max_rows = rows
+        self.min_prefix = min_prefix
+        self.store = PrefixStore(prefix_bytes)
+        self.stats = EngineStats()
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.layers = config.num_hidden_layers
+        heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        self.max_context = max_context or int(getattr(config, "max_position_embeddings", None) or 4096)
+        self.width = 0
+        self.keys: list = []
+        self.values: list = []
+        self.active: list[_Row] = []
+        self.queue: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="genpi-engine")
+        self._thread.start()
+
+    # --- public
+
+    def submit(self, request: Request, variant: str = "") -> Future:
+        """Queue ``request``; the future's result is its :class:`Completion`. ``variant`` names the model state
+        (e.g. the active adapter): prefixes are stored per variant, and rows of one variant run at a time."""
+        future: Future = Future()
+        if len(request.ids) + 1 > self.max_context:
+            future.set_exception(ValueError(f"the prompt has {len(request.ids)} tokens: more than the "
+                                            f"{self.max_context} positions this engine holds per request"))
+            return future
+        if request.max_new_tokens < 1:
+            future.set_exception(ValueError("max_new_tokens must be at least 1"))
+            return future
+        self.queue.put((request, future, variant))
+        return future
+
+    def generate(self, requests: list[Request], variant: str = "") -> list[Completion]:
+        """Completions for ``requests``, in order (blocking)."""
+        futures = [self.submit(r, variant) for r in requests]
+        return [f.result() for f in futures]
+
+    # --- the loop
+
+    def _loop(self) -> None:
+        waiting: list = []
+        while True:
+            if not self.active and not waiting:
+                waiting.append(self.queue.get())
+                time.sleep(0.002)  # requests sent together arrive within a few milliseconds
+            while True:
+                try:
+                    waiting.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            started = time.perf_counter()
+            waiting = self._admit(waiting)
+            self.stats.prefill_seconds += time.perf_counter() - started
+            if not self.active:
+                continue
+            started = time.perf_counter()
+            try:
+                self._step()
+            except Exception as e:  # a failed step fails its requests, not the engine
+                self._fail(self.active, e)
+            self.stats.decode_seconds += time.perf_counter() - started
+
+    def _admit(self, waiting: list) -> list:
+        """Move waiting requests of the running variant into free rows; return those still waiting."""
+        free = self.max_rows - len(self.active)
+        if free <= 0 or not waiting:
+            return waiting
+        variant = self.active[0].variant if self.active else waiting[0][2]
+        take = [w for w in waiting if w[2] == variant][:free]
+        rest = [w for w in waiting if not any(w is t for t in take)]
+        before = len(self.active)
+        try:
+            self._prefill(take, variant)
+        except Exception as e:  # the new requests fail; the rows already decoding go on
+            del self.active[before:]
+            for _, future, _ in take:
+                if not future.done():
+                    future.set_exception(e)
+        return rest
+
+    def _fail(self, rows: list, error: Exception) -> None:
+        for row in rows:
+            if not row.future.done():
+                row.future.set_exception(error)
+        self.active = []
+
+    # --- prefixes
+
+    def _learn_shared_prefix(self, requests: list[Request], variant: str) -> None:
+        """Store the longest prefix that requests arriving together share, so that it is computed once."""
+        m = self.min_prefix
+        heads: dict[tuple, list[Request]] = {}
+        for r in requests:
+            if len(r.ids) > m:
+                heads.setdefault(tuple(r.ids[:m]), []).append(r)
+        for group in heads.values():
+            if len(group) < 2:
+                continue
+            n = min(len(r.ids) for r in group) - 1
+            for r in group[1:]:
+                n = min(n, common_prefix(group[0].ids, r.ids))
+            _, have = self.store.best(variant, group[0].ids, n)
+            if n >= m and have < n:
+                self._compute_prefix(variant, group[0].ids[:n])
+
+    def _compute_prefix(self, variant: str, ids: list[int]) -> _Entry:
+        """The KV of ``ids`` (starting from the longest stored prefix of it), stored and returned."""
+        torch = self.torch
+        from transformers import DynamicCache
+
+        base, start = self.store.best(variant, ids, len(ids))
+        cache = DynamicCache()
+        if base is not None and start:
+            for i in range(self.layers):
+                cache.update(base.keys[i][:, :, :start], base.values[i][:, :, :start], i)
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([ids[start:]], device=self.device), use_cache=True, logits_to_keep=1,
+                       position_ids=torch.arange(start, len(ids), device=self.device)[None], past_key_values=cache)
+        layers = cache.layers
+        entry = _Entry(tuple(ids), [l.keys for l in layers], [l.values for l in layers], 0)
+        entry.nbytes = sum(k.numel() * k.element_size() * 2 for k in entry.keys)
+        self.stats.prefill_tokens += len(ids) - start
+        self.store.put(variant, entry)
+        return entry
+
+    # --- rows
+
+    def _ensure(self, rows: int, width: int) -> None:
+        """Cache tensors of at least ``rows`` rows and ``width`` positions (grown by doubling, contents kept)."""
+        torch = self.torch
+        if self.keys and self.keys[0].shape[0] >= rows and self.width >= width:
+            return
+        new_rows = max(rows, self.keys[0].shape[0] if self.keys else 0, self.max_rows)
+        new_width = min(self.max_context, max(width, 2 * self.width, 256))
+        shape = (new_rows, self.kv_heads, new_width, self.head_dim)
+        for store in (self.keys, self.values):
+            grown = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
+            for i, old in enumerate(store):
+                grown[i][: old.shape[0], :, : old.shape[2]] = old
+            store[:] = grown
+        self.width = new_width
+
+    def _generator(self, r: Request):
+        if r.temperature <= 0:
+            return None
+        g = self.torch.Generator(device=self.device)
+        if r.seed is None:
+            g.seed()
+        else:
+            g.manual_seed(int(r.seed))
+        return g
+
+    def _prefill(self, items: list, variant: str) -> None:
+        """Put new requests into rows: copy each one's stored prefix, compute the rest of its prompt (together,
+        left-padded), and sample its first token."""
+        torch = self.torch
+        if not items:
+            return
+        requests = [r for r, _, _ in items]
+        self._learn_shared_prefix(requests, variant)
+        lo = len(self.active)
+        rows: list[_Row] = []
+        for r, fut, v in items:
+            entry, cached = self.store.best(variant, r.ids, len(r.ids) - 1)
+            if cached < self.min_prefix:
+                entry, cached = None, 0
+            rows.append(_Row(r, fut, v, cached, cached, generator=self._generator(r)))
+        hi = lo + len(rows)
+        self._ensure(hi, max(len(r.ids) for r in requests) + 1)
+        for i, row in enumerate(rows):
+            if row.cached:
+                entry, _ = self.store.best(variant, row.request.ids, row.cached)
+                for layer in range(self.layers):
+                    self.keys[layer][lo + i, :, : row.cached] = entry.keys[layer][0, :, : row.cached]
+                    self.values[layer][lo + i, :, : row.cached] = entry.values[layer][0, :, : row.cached]
+        suffixes = [row.request.ids[row.cached :] for row in rows]
+        s = max(len(x) for x in suffixes)
+        n = len(rows)
+        width = max(len(row.request.ids) for row in rows)
+        ids = torch.full((n, s), self.pad_id, dtype=torch.long, device=self.device)
+        slots = torch.full((n, s), self.width - 1, dtype=torch.long, device=self.device)  # pads write a scratch slot
+        mask = torch.zeros((n, 1, s, width), dtype=torch.bool, device=self.device)
+        for i, (row, x) in enumerate(zip(rows, suffixes)):
+            pad = s - len(x)
+            ids[i, pad:] = torch.tensor(x, device=self.device)
+            positions = torch.arange(row.cached, row.cached + len(x), device=self.device)
+            slots[i, pad:] = positions
+            # query j of the real suffix sees its row's positions up to its own; pads see position 0 only
+            mask[i, 0, pad:, :] = torch.arange(width, device=self.device)[None, :] <= positions[:, None]
+            mask[i, 0, :pad, 0] = True
+        position_ids = torch.where(slots == self.width - 1, torch.zeros_like(slots), slots)
+        cache = _RowCache(self.keys, self.values, lo, hi, slots, width)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                                use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        self.stats.prefill_tokens += sum(len(x) for x in suffixes)
+        for i, row in enumerate(rows):
+            row.length = len(row.request.ids)
+            if row.length - row.cached >= self.min_prefix:  # much was computed: the next request may share it
+                self._keep(lo + i, row.request.ids, variant)
+            self.stats.requests += 1
+            self.stats.prompt_tokens += len(row.request.ids)
+            self.stats.cached_tokens += row.cached
+        self.active += rows
+        self._take(logits, lo)
+
+    def _step(self) -> None:
+        """Decode one token for every active row."""
+        torch = self.torch
+        n = len(self.active)
+        need = max(row.length for row in self.active) + 1
+        self._ensure(n, need)
+        lengths = torch.tensor([row.length for row in self.active], device=self.device)
+        ids = torch.tensor([[row.token] for row in self.active], device=self.device)
+        mask = (torch.arange(need, device=self.device)[None, :] <= lengths[:, None])[:, None, None, :]
+        cache = _RowCache(self.keys, self.values, 0, n, lengths[:, None], need)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=lengths[:, None],
+                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        for row in self.active:
+            row.length += 1
+        self.stats.steps += 1
+        self._take(logits, 0)
+
+    def _take(self, logits, lo: int) -> None:
+        """Sample the next token of rows ``lo:`` from ``logits``; finish rows that stop, and compact the rows."""
+        rows = self.active[lo:]
+        tokens = self._pick(logits, rows)
+        finished = []
+        for row, tok in zip(rows, tokens.tolist()):
+            if tok in self.eos_ids:
+                finished.append((row, "stop"))
+                continue
+            row.produced.append(tok)
+            row.token = tok
+            if len(row.produced) >= row.request.max_new_tokens or row.length + 1 >= self.max_context:
+                finished.append((row, "length"))
+        for row, reason in finished:
+            self._finish(row, reason)
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        """Hand the reply back, keep the row's sequence in the prefix store, and close the gap in the rows."""
+        i = self.active.index(row)
+        length = row.length  # tokens in the cache: the prompt and the reply but its last token
+        if length >= self.min_prefix:  # a dialogue's next turn starts with this one
+            self._keep(i, (row.request.ids + row.produced)[:length], row.variant)
+        last = len(self.active) - 1
+        if i != last:  # the last row moves into the gap: active rows stay 0..n-1
+            moved = self.active[last]
+            for store in (self.keys, self.values):
+                for t in store:
+                    t[i, :, : moved.length] = t[last, :, : moved.length]
+            self.active[i] = moved
+        self.active.pop()
+        self.stats.generated_tokens += len(row.produced)
+        row.future.set_result(Completion(row.produced, reason, len(row.request.ids), row.cached))
+
+    def _keep(self, row: int, ids: list[int], variant: str) -> None:
+        """Copy row ``row``'s cache of ``ids`` into the prefix store."""
+        n = len(ids)
+        keys = [k[row : row + 1, :, :n].clone() for k in self.keys]
+        values = [v[row : row + 1, :, :n].clone() for v in self.values]
+        self.store.put(variant, _Entry(tuple(ids), keys, values, sum(k.numel() * k.element_size() * 2 for k in keys)))
+
+    def _pick(self, logits, rows: list[_Row]):
+        torch = self.torch
+        tokens = logits.argmax(-1)
+        for i, row in enumerate(rows):
+            r = row.request
+            if row.generator is None:
+                continue
+            probs = torch.softmax(logits[i] / r.temperature, dim=-1)
+            if r.top_p < 1.0:
+                sorted_p, order = probs.sort(descending=True)
+                sorted_p[sorted_p.cumsum(0) - sorted_p >= r.top_p] = 0.0  # keep the smallest set reaching top_p
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+            tokens[i] = torch.multinomial(probs, 1, generator=row.generator)[0]
+        return tokens

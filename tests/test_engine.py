@@ -1,0 +1,108 @@
+"""The generation engine on the real tiny model: same replies as decoding alone, prefixes computed once, no row
+waits for another (integration)."""
+
+import time
+
+import pytest
+
+from genpi.engine import Engine, PrefixStore, Request, common_prefix
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def smol(smol_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smol_path)
+    model = AutoModelForCausalLM.from_pretrained(smol_path, dtype=torch.float32).eval()
+    return model, tok
+
+
+def _ids(tok, messages):
+    return tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+
+
+def _alone(model, tok, ids, n):
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0, len(ids):].tolist()
+    return out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
+
+
+SYSTEM = ("You are a terse assistant for a hardware store. Answer in one short sentence, name the aisle when you can, "
+          "and never invent prices. Aisles: 1 paint, 2 tools, 3 garden, 4 plumbing, 5 electrical, 6 timber.")
+QUESTIONS = ["Where are the hammers?", "Do you sell garden hoses?", "I need a light switch.", "Where is the paint?",
+             "Can I buy planks here?"]
+
+
+def test_greedy_replies_equal_decoding_each_request_alone_and_the_shared_prompt_is_computed_once(smol):
+    model, tok = smol
+    engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=4, min_prefix=16)
+    requests = [Request(_ids(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]), 24)
+                for q in QUESTIONS]  # five requests on four rows: one waits for a free row
+    out = engine.generate(requests)
+    for r, c in zip(requests, out):
+        assert c.ids == _alone(model, tok, r.ids, 24)[: len(c.ids)]
+        assert c.finish_reason in ("stop", "length") and (c.finish_reason == "length") == (len(c.ids) == 24)
+    shared = common_prefix(requests[0].ids, requests[1].ids)
+    assert shared > 16 and all(c.cached_tokens >= shared - 1 for c in out[1:])
+    # the shared prompt was computed once, not once per request
+    assert engine.stats.prefill_tokens < sum(len(r.ids) for r in requests) - 3 * shared
+
+
+def test_a_dialogue_turn_reuses_the_previous_turn_and_its_reply(smol):
+    model, tok = smol
+    engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=2, min_prefix=16)
+    first = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}]
+    reply = engine.generate([Request(_ids(tok, first), 20)])[0]
+    second = first + [{"role": "assistant", "content": tok.decode(reply.ids)},
+                      {"role": "user", "content": "And the nails?"}]
+    ids = _ids(tok, second)
+    c = engine.generate([Request(ids, 20)])[0]
+    assert c.cached_tokens > len(_ids(tok, first))  # the first turn's prompt and reply came from the store
+    assert c.ids == _alone(model, tok, ids, 20)[: len(c.ids)]
+
+
+def test_sampling_is_seeded_per_request(smol):
+    model, tok = smol
+    engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=4)
+    ids = _ids(tok, [{"role": "user", "content": "Write a short line about the sea."}])
+    a = engine.generate([Request(ids, 16, temperature=1.0, top_p=0.9, seed=7), Request(ids, 16, temperature=1.0, seed=8)])
+    b = engine.generate([Request(ids, 16, temperature=1.0, top_p=0.9, seed=7)])
+    assert a[0].ids == b[0].ids
+    assert a[0].ids != a[1].ids
+
+
+def test_a_long_reply_does_not_hold_back_short_ones(smol):
+    model, tok = smol
+    engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=4)
+    long = engine.submit(Request(_ids(tok, [{"role": "user", "content": "Count from one to two hundred."}]), 160))
+    time.sleep(0.5)  # the long one is decoding
+    short = [engine.submit(Request(_ids(tok, [{"role": "user", "content": q}]), 4)) for q in QUESTIONS[:3]]
+    for f in short:
+        f.result(timeout=120)
+    assert not long.done(), "the short requests joined the running batch and finished first"
+    assert len(long.result(timeout=300).ids) == 160
+
+
+def test_bad_requests_fail_alone(smol):
+    model, tok = smol
+    engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=2, max_context=64)
+    with pytest.raises(ValueError, match="more than the 64 positions"):
+        engine.submit(Request(list(range(100, 200)), 4)).result(timeout=10)
+    assert len(engine.generate([Request(_ids(tok, [{"role": "user", "content": "hi"}]), 3)])[0].ids) <= 3
+
+
+def test_prefix_store_keeps_the_longest_match_and_drops_the_least_recently_used():
+    from genpi.engine import _Entry
+
+    store = PrefixStore(max_bytes=250)
+    for ids in ((1, 2, 3), (1, 2, 3, 4, 5), (7, 8)):
+        store.put("", _Entry(ids, [], [], 100))
+    assert len(store.entries) == 2 and ("", (1, 2, 3)) not in store.entries  # the oldest went first
+    entry, n = store.best("", [1, 2, 3, 4, 9], limit=5)
+    assert entry.ids == (1, 2, 3, 4, 5) and n == 4
+    assert store.best("other", [1, 2, 3], limit=3) == (None, 0)  # prefixes are per model variant

@@ -1,0 +1,84 @@
+"""The embedded server over HTTP with the openai client and the real tiny model; it stops at once (integration)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from genpi.server import LocalServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(smol_path, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with LocalServer(smol_path, log_path=log) as s:
+        yield s
+
+
+def _client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+
+
+SYSTEM = "You are the help desk of a library. Answer in one sentence. Opening hours: 9 to 18, Monday to Saturday."
+
+
+def test_openai_client_gets_a_completion_and_reused_prompt_tokens(server):
+    client = _client(server)
+    ask = lambda q: client.chat.completions.create(  # noqa: E731
+        model=server.model, max_tokens=12, temperature=0,
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}])
+    first = ask("When do you open on Monday?")
+    assert first.choices[0].message.content and first.choices[0].finish_reason in ("stop", "length")
+    assert first.usage.prompt_tokens > 20 and 1 <= first.usage.completion_tokens <= 13
+    second = ask("Are you open on Sunday?")
+    assert second.usage.prompt_tokens_details.cached_tokens > 20  # the system prompt was not computed again
+    again = ask("When do you open on Monday?")
+    assert again.choices[0].message.content == first.choices[0].message.content  # greedy is deterministic
+
+
+def test_models_and_errors_are_openai_shaped(server):
+    import openai
+
+    client = _client(server)
+    assert [m.id for m in client.models.list().data] == [server.model]
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="gpt-nothing", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="'stream' is not supported"):
+        client.chat.completions.create(model=server.model, stream=True, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="messages must be"):
+        client.chat.completions.create(model=server.model, messages=[{"role": "robot", "content": "hi"}])
+    req = urllib.request.Request(server.base_url + "/chat/completions", data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 400 and "not valid JSON" in json.loads(e.value.read())["error"]["message"]
+
+
+def test_sigterm_stops_the_server_at_once_with_a_request_in_flight(smol_path, tmp_path):
+    import threading
+
+    with LocalServer(smol_path, log_path=tmp_path / "server.log") as s:
+        threading.Thread(target=lambda: _quiet(lambda: _client(s).chat.completions.create(
+            model=s.model, max_tokens=2000, messages=[{"role": "user", "content": "Tell me a very long story."}])),
+            daemon=True).start()
+        time.sleep(2)  # decoding
+        started = time.monotonic()
+        os.killpg(s.process.pid, signal.SIGTERM)
+        s.process.wait(timeout=10)
+        assert time.monotonic() - started < 5
+    assert "stopping on signal 15" in (tmp_path / "server.log").read_text()
+
+
+def _quiet(fn):
+    try:
+        fn()
+    except Exception:
+        pass
