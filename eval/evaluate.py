@@ -65,6 +65,9 @@ def evaluate(config: EvalConfig, console=None) -> dict:
     with console.status(f"loading {base_model} and {len(systems) - 2} adapter(s)"):
         gen = Generator(base_model, systems, rows=config.batch_size)
 
+    from genpi.synth.episodes import stop_strings
+
+    stops = stop_strings(prompt)["agent"] if config.stop_strings else []
     items = held.items
     single_convs = [[{"role": "user", "content": it.input}] for it in items]
     turns = replay_turns(held, config.multiturn_turns) if config.multiturn_turns > 0 else []
@@ -79,7 +82,8 @@ def evaluate(config: EvalConfig, console=None) -> dict:
     with _progress(console) as progress:
         def run(label, system, convs, max_new_tokens):
             task = progress.add_task(f"{label:<15} {system.name}", total=len(convs))
-            return gen.generate(system, prompt, convs, max_new_tokens, on_reply=lambda: progress.advance(task))
+            return gen.generate(system, prompt, convs, max_new_tokens, on_reply=lambda: progress.advance(task),
+                                stop=stops if label != "reconstruction" else None)
 
         for s in systems:
             single[s.name] = run("single turn", s, single_convs, config.max_new_tokens)
@@ -130,6 +134,7 @@ def evaluate(config: EvalConfig, console=None) -> dict:
         "model": {"name": base_model, "params": params},
         "inputs": {"source": held.source, "kind": held.kind, "n": len(items), "multiturn_turns": len(turns),
                    "reconstruction_inputs": len(recon_items), "overlap_checked_against": checked_runs},
+        "stop_strings": stops,
         "references": {
             "rouge_l, exact_match": "the prompted system's greedy reply in this run",
             "multiturn_*": "the teacher's recorded agent turn, after the teacher's recorded history",

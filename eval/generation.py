@@ -68,7 +68,8 @@ class Generator:
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         from genpi.engine import Engine
 
-        self.engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, rows=rows)
+        self.engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, rows=rows,
+                             decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def adapter_params(self, system: System) -> int:
         """Parameters the system's adapter adds to every token's compute (0 for the base model)."""
@@ -99,10 +100,12 @@ class Generator:
         conversations: list[list[dict]],
         max_new_tokens: int,
         on_reply=None,
+        stop: list[str] | None = None,
     ) -> list[Generation]:
         """Greedy replies of ``system`` to each conversation (each one starts with the bare user input).
 
-        ``on_reply()`` is called as each reply is done (for a progress bar).
+        ``on_reply()`` is called as each reply is done (for a progress bar); a reply ends at the first of ``stop``,
+        which is left out of its text.
         """
         from concurrent.futures import as_completed
 
@@ -111,12 +114,15 @@ class Generator:
         texts = [self.render(system.messages(prompt, c)) for c in conversations]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         with self.active(system):
-            futures = [self.engine.submit(Request(x, max_new_tokens), variant=system.name) for x in ids]
+            futures = [self.engine.submit(Request(x, max_new_tokens, stop=tuple(stop or ())), variant=system.name)
+                       for x in ids]
             for _ in as_completed(futures):
                 if on_reply:
                     on_reply()
             done = [f.result() for f in futures]
-        return [Generation(self.tokenizer.decode(c.ids, skip_special_tokens=True).strip(), len(x),
+        from genpi.synth.episodes import cut_at
+
+        return [Generation(cut_at(self.tokenizer.decode(c.ids, skip_special_tokens=True), stop or []).strip(), len(x),
                            len(c.ids) + (c.finish_reason == "stop")) for x, c in zip(ids, done)]
 
     def time_request(self, system: System, prompt: AgentPrompt, conversation: list[dict], max_new_tokens: int,

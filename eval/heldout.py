@@ -1,8 +1,8 @@
 """Held-out inputs: what the systems answer in an evaluation, and the check that training never saw them.
 
 ``--inputs`` is either a synthesis run directory (a separate run, e.g. another seed: its records also carry the
-teacher's dialogues for multi-turn fidelity) or a plain file of real user inputs: one per line, or JSONL with an
-``input`` field.
+teacher's dialogues for multi-turn fidelity; a run made with ``--inputs-only`` gives its inputs alone) or a plain
+file of real user inputs: one per line, or JSONL with an ``input`` field.
 """
 
 from __future__ import annotations
@@ -61,9 +61,13 @@ def load_heldout(path: str | Path, prompt_hash: str | None = None, limit: int = 
 
 
 def _from_run(path: Path, prompt_hash: str | None) -> HeldOut:
-    from genpi.synth.store import load_run
+    from genpi.synth.store import RECORDS_FILE, load_inputs, load_run
 
-    info, records = load_run(path)
+    if not (path / RECORDS_FILE).exists():  # a run of inputs only (`genpi synth --inputs-only`)
+        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
+        records = [{"id": a["id"], "input": a["input"]} for a in load_inputs(path)]
+    else:
+        info, records = load_run(path)
     if prompt_hash and info.get("prompt_hash") and info["prompt_hash"] != prompt_hash:
         raise UserError(
             f"--inputs {path} was synthesized for another prompt (hash {info['prompt_hash']}, --prompt has {prompt_hash}): "

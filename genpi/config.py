@@ -31,6 +31,7 @@ class SynthConfig:
     num_inputs: int = _f(32, "number of records (user inputs) to synthesize")
     seed_inputs: str = _f("", "optional file of real user inputs, one per line: used first, and shown to the model playing the user")
     exclude_run: str = _f("", "a run directory whose inputs this run must not repeat (to synthesize a held-out run)")
+    inputs_only: bool = _f(False, "propose and screen user inputs only (e.g. held-out inputs for genpi eval): no answers, dialogues or reasons")
     max_turns: int = _f(3, "agent turns per role-swapped dialogue at most")
     end_pattern: str = _f("auto", "regex found in an agent turn's last line that ends the dialogue: auto (derived from the prompt's demonstrations), none, or a pattern")
     end_marker: str = _f("<END>", "text the environment writes when the dialogue is over")
@@ -45,7 +46,9 @@ class SynthConfig:
     env_temperature: float = _f(0.7, "sampling temperature of the user/environment side of dialogues")
     inputs_temperature: float = _f(0.8, "sampling temperature of the model playing the user when it proposes inputs")
     reason_temperature: float = _f(0.7, "sampling temperature of the reasons")
-    max_tokens: int = _f(192, "maximum new tokens per call; an agent turn cut off there ends its dialogue before it")
+    max_tokens: int = _f(192, "maximum new tokens of a dialogue turn; an agent turn cut off there ends its dialogue before it")
+    as_is_max_tokens: int = _f(96, "maximum new tokens of the AS-IS answer (context of prompt generation, never a target)")
+    reason_max_tokens: int = _f(96, "maximum new tokens of a reason (the paper asks for two or three sentences)")
     concurrency: int = _f(8, "requests in flight at once")
     timeout: float = _f(600.0, "seconds before one request times out (it is then retried)")
     retries: int = _f(5, "attempts per request on 429, 5xx, timeouts and connection errors")
@@ -55,7 +58,8 @@ class SynthConfig:
 
     def signature(self) -> dict:
         """The fields that decide a record's content: a resume must match them exactly."""
-        keep = ("num_inputs", "out", "base_url", "concurrency", "timeout", "retries", "overwrite", "dry_run", "prompt")
+        keep = ("num_inputs", "out", "base_url", "concurrency", "timeout", "retries", "overwrite", "dry_run", "prompt",
+                "inputs_only")
         return {k: v for k, v in self.public().items() if k not in keep}
 
     def public(self) -> dict:
@@ -149,6 +153,7 @@ class EvalConfig:
                           "(.json) or FILE.py:FUNCTION; empty for none")
     num_inputs: int = _f(0, "held-out inputs used, the first ones (0 = all)")
     max_new_tokens: int = _f(128, "tokens generated per reply at most (greedy)")
+    stop_strings: bool = _f(True, "end every system's reply where it starts writing the environment's words (the stop strings synthesis derives from the prompt)")
     batch_size: int = _f(16, "requests decoded together (rows of the engine)")
     multiturn_turns: int = _f(32, "agent turns of held-out dialogues replayed for multi-turn fidelity, at most (0 = skip)")
     reconstruction_inputs: int = _f(2, "inputs on which each system is asked to write the prompt back (0 = skip)")

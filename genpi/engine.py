@@ -41,6 +41,7 @@ class Request:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # the reply ends once its text contains one of these (needs the engine's `decode`)
 
 
 @dataclass
@@ -111,6 +112,52 @@ class PrefixStore:
             self.nbytes -= old.nbytes
 
 
+ATTENTION = "genpi_shared_prefix"
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                            genpi_groups=None, **kwargs):
+    """Decoding attention that reads a prefix shared by a group of rows once for the whole group.
+
+    ``genpi_groups`` lists ``(rows, length)``: those rows hold the same first ``length`` tokens. Their queries are
+    scored against the first row's cache for that prefix (one read of it for the group, not one per row) and
+    against their own later positions, and the two parts are merged by their log-sum-exp, which is exactly the
+    softmax over the whole row. On a CPU, decoding many rows over a long prompt is bound by reading their caches:
+    this reads the prompt once per group. Anything else (prefill, rows in no group) is plain SDPA.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not genpi_groups or query.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    n, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    rep = heads // kv_heads
+    scale = scaling if scaling is not None else dim**-0.5
+    out = torch.empty((n, heads, dim), dtype=query.dtype, device=query.device)
+    grouped = torch.zeros(n, dtype=torch.bool, device=query.device)
+    for rows, length in genpi_groups:
+        g = rows.numel()
+        q = query[rows, :, 0, :].reshape(g, kv_heads, rep, dim)
+        shared_k, shared_v = key[rows[0], :, :length], value[rows[0], :, :length]
+        own_k, own_v = key[rows, :, length:], value[rows, :, length:]
+        s1 = torch.einsum("gkrd,kpd->gkrp", q, shared_k) * scale
+        s2 = torch.einsum("gkrd,gkld->gkrl", q, own_k) * scale
+        s2 = s2.masked_fill(~attention_mask[rows, 0, 0, length:][:, None, None, :], float("-inf"))
+        top = torch.maximum(s1.amax(-1, keepdim=True), s2.amax(-1, keepdim=True))
+        e1, e2 = (s1 - top).exp(), (s2 - top).exp()
+        num = torch.einsum("gkrp,kpd->gkrd", e1, shared_v) + torch.einsum("gkrl,gkld->gkrd", e2, own_v)
+        out[rows] = (num / (e1.sum(-1, keepdim=True) + e2.sum(-1, keepdim=True))).reshape(g, heads, dim)
+        grouped[rows] = True
+    rest = (~grouped).nonzero().flatten()
+    if rest.numel():
+        alone, _ = sdpa_attention_forward(module, query[rest], key[rest], value[rest], attention_mask[rest],
+                                          dropout=dropout, scaling=scaling, **kwargs)
+        out[rest] = alone[:, 0]
+    return out[:, None], None
+
+
 class _RowCache:
     """What the model's attention layers see as ``past_key_values`` during one forward pass: rows ``lo:hi`` of the
     engine's cache. ``update`` writes the new keys and values at each query token's slot and returns the rows'
@@ -157,10 +204,11 @@ class Engine:
         min_prefix: tokens a stored prefix must share with a request to be used.
         prefix_bytes: memory the prefix store may keep.
         max_context: positions per row (default: the model's context length).
+        decode: token ids to text, for stop strings (requests with ``stop`` need it).
     """
 
     def __init__(self, model, eos_ids: set[int], pad_id: int, rows: int = 16, min_prefix: int = 32,
-                 prefix_bytes: int = 2 * 2**30, max_context: int | None = None):
+                 prefix_bytes: int = 2 * 2**30, max_context: int | None = None, decode=None):
         import torch
 
         self.torch = torch
@@ -169,6 +217,7 @@ class Engine:
         self.pad_id = pad_id
         self.max_rows = rows
         self.min_prefix = min_prefix
+        self.decode = decode
         self.store = PrefixStore(prefix_bytes)
         self.stats = EngineStats()
         param = next(model.parameters())
@@ -179,6 +228,12 @@ class Engine:
         self.kv_heads = getattr(config, "num_key_value_heads", None) or heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         self.max_context = max_context or int(getattr(config, "max_position_embeddings", None) or 4096)
+        self.shared_attention = getattr(config, "_attn_implementation", None) in ("sdpa", ATTENTION)
+        if self.shared_attention:  # the registered function falls back to SDPA for every other call
+            from transformers import AttentionInterface
+
+            AttentionInterface.register(ATTENTION, shared_prefix_attention)
+            config._attn_implementation = ATTENTION
         self.width = 0
         self.keys: list = []
         self.values: list = []
@@ -200,6 +255,9 @@ class Engine:
             return future
         if request.max_new_tokens < 1:
             future.set_exception(ValueError("max_new_tokens must be at least 1"))
+            return future
+        if request.stop and self.decode is None:
+            future.set_exception(ValueError("stop strings need an engine made with decode="))
             return future
         self.queue.put((request, future, variant))
         return future
@@ -388,13 +446,32 @@ class Engine:
         ids = torch.tensor([[row.token] for row in self.active], device=self.device)
         mask = (torch.arange(need, device=self.device)[None, :] <= lengths[:, None])[:, None, None, :]
         cache = _RowCache(self.keys, self.values, 0, n, lengths[:, None], need)
+        extra = {"genpi_groups": self._groups()} if self.shared_attention else {}
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=lengths[:, None],
-                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+                                past_key_values=cache, use_cache=True, logits_to_keep=1, **extra).logits[:, -1].float()
         for row in self.active:
             row.length += 1
         self.stats.steps += 1
         self._take(logits, 0)
+
+    def _groups(self) -> list:
+        """Active rows that share a prompt prefix of at least ``min_prefix`` tokens, as ``(rows, length)``."""
+        torch = self.torch
+        by_head: dict[tuple, list[int]] = {}
+        for i, row in enumerate(self.active):
+            if len(row.request.ids) > self.min_prefix:
+                by_head.setdefault(tuple(row.request.ids[: self.min_prefix]), []).append(i)
+        groups = []
+        for members in by_head.values():
+            if len(members) < 2:
+                continue
+            first = self.active[members[0]].request.ids
+            length = min(len(self.active[i].request.ids) for i in members)
+            for i in members[1:]:
+                length = min(length, common_prefix(first, self.active[i].request.ids))
+            groups.append((torch.tensor(members, device=self.device), length))
+        return groups
 
     def _take(self, logits, lo: int) -> None:
         """Sample the next token of rows ``lo:`` from ``logits``; finish rows that stop, and compact the rows."""
@@ -407,7 +484,9 @@ class Engine:
                 continue
             row.produced.append(tok)
             row.token = tok
-            if len(row.produced) >= row.request.max_new_tokens or row.length + 1 >= self.max_context:
+            if row.request.stop and self._stopped(row):
+                finished.append((row, "stop"))
+            elif len(row.produced) >= row.request.max_new_tokens or row.length + 1 >= self.max_context:
                 finished.append((row, "length"))
         for row, reason in finished:
             self._finish(row, reason)
@@ -428,6 +507,13 @@ class Engine:
         self.active.pop()
         self.stats.generated_tokens += len(row.produced)
         row.future.set_result(Completion(row.produced, reason, len(row.request.ids), row.cached))
+
+    def _stopped(self, row: _Row) -> bool:
+        """Whether the reply's text now contains a stop string (only its last tokens are decoded: a token is at
+        least one character, so a stop string of ``n`` characters lies within the last ``n + 1`` tokens)."""
+        window = max(len(s) for s in row.request.stop) + 1
+        tail = self.decode(row.produced[-window:])
+        return any(s in tail for s in row.request.stop)
 
     def _keep(self, row: int, ids: list[int], variant: str) -> None:
         """Copy row ``row``'s cache of ``ids`` into the prefix store."""

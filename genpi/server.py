@@ -8,7 +8,7 @@ computed once (:mod:`genpi.engine`), and ``usage.prompt_tokens_details.cached_to
 request's prompt tokens were reused.
 
 Supported: ``messages``, ``model``, ``max_tokens`` / ``max_completion_tokens``, ``temperature``, ``top_p``,
-``seed``; anything that changes the reply's shape (``stream``, ``n`` > 1, ``stop``, ``tools``, ``logprobs``,
+``seed``, ``stop``; anything else that changes the reply's shape (``stream``, ``n`` > 1, ``tools``, ``logprobs``,
 ``response_format``) is refused with a 400 rather than ignored. Omitted sampling settings come from the model's
 generation config, as vLLM does.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from genpi.errors import UserError
 
-UNSUPPORTED = ("stream", "stop", "tools", "tool_choice", "functions", "logprobs", "top_logprobs", "response_format",
+UNSUPPORTED = ("stream", "tools", "tool_choice", "functions", "logprobs", "top_logprobs", "response_format",
                "logit_bias")
 
 
@@ -54,7 +54,7 @@ class Served:
     context: list[dict] = field(default_factory=list)  # messages put before every request (an adapter's student context)
     temperature: float = 0.0
     top_p: float = 1.0
-    lock: threading.Lock = field(default_factory=threading.Lock)  # fast tokenizers are not safe across threads
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards the tokenizer (shared by the served models)
 
 
 class BadRequest(Exception):
@@ -100,6 +100,10 @@ class Backend:
             raise BadRequest(400, f"the prompt has {len(ids)} tokens: more than the model's context ({s.engine.max_context})")
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or min(room, 1024)
         temperature, top_p, seed = body.get("temperature"), body.get("top_p"), body.get("seed")
+        stop = body.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop):
+            raise BadRequest(400, "stop must be a string or a list of non-empty strings")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise BadRequest(400, "max_tokens must be a positive integer")
         for key, value in (("temperature", temperature), ("top_p", top_p)):
@@ -108,10 +112,13 @@ class Backend:
         request = Request(ids=ids, max_new_tokens=min(max_tokens, room),
                           temperature=float(s.temperature if temperature is None else temperature),
                           top_p=float(s.top_p if top_p is None else top_p) or 1.0,
-                          seed=seed if isinstance(seed, int) else None)
+                          seed=seed if isinstance(seed, int) else None, stop=tuple(stop))
         c = s.engine.submit(request).result()
         with s.lock:
             reply = s.tokenizer.decode(c.ids, skip_special_tokens=True)
+        cuts = [i for i in (reply.find(x) for x in stop) if i >= 0]
+        if cuts:  # the stop string and what follows it are not part of the reply (OpenAI semantics)
+            reply = reply[: min(cuts)]
         out_tokens = len(c.ids) + (c.finish_reason == "stop")  # the stop token was generated too
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
@@ -197,6 +204,11 @@ def load_served(model_name: str, adapters: list[str], served_name: str | None = 
 
     tokenizer = load_tokenizer(model_name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    lock = threading.Lock()  # one tokenizer for every served model: fast tokenizers are not safe across threads
+
+    def decode(ids):
+        with lock:
+            return tokenizer.decode(ids, skip_special_tokens=True)
 
     def serve(name, model, context=()):
         model.to(device).eval()
@@ -204,8 +216,8 @@ def load_served(model_name: str, adapters: list[str], served_name: str | None = 
         sampled = bool(getattr(cfg, "do_sample", False))
         eos = getattr(cfg, "eos_token_id", None)
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id}
-        engine = Engine(model, eos_ids - {None}, tokenizer.pad_token_id, rows=rows)
-        return Served(name, model, tokenizer, engine, list(context),
+        engine = Engine(model, eos_ids - {None}, tokenizer.pad_token_id, rows=rows, decode=decode)
+        return Served(name, model, tokenizer, engine, list(context), lock=lock,
                       temperature=float(cfg.temperature or 1.0) if sampled else 0.0,
                       top_p=float(cfg.top_p or 1.0) if sampled else 1.0)
 

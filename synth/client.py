@@ -35,6 +35,7 @@ class ChatClient(Protocol):
         temperature: float,
         max_tokens: int,
         seed: int | None = None,
+        stop: list[str] | None = None,
     ) -> ChatResult: ...
 
 
@@ -63,7 +64,7 @@ class OpenAIChatClient:
         """Stop retrying: calls in flight fail at their next error instead of backing off (used on Ctrl-C)."""
         self._closed = True
 
-    def chat(self, messages, *, model, temperature, max_tokens, seed=None) -> ChatResult:
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None, stop=None) -> ChatResult:
         import openai
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -74,6 +75,8 @@ class OpenAIChatClient:
         kwargs = dict(model=model, messages=messages, temperature=temperature, max_tokens=max_tokens)
         if seed is not None:
             kwargs["seed"] = seed
+        if stop:
+            kwargs["stop"] = list(stop)[:4]  # the OpenAI API takes four at most
         try:
             for attempt in Retrying(
                 retry=retry_if_exception(lambda e: not self._closed and is_transient(e)),
@@ -149,9 +152,10 @@ class FakeChatClient:
     def __post_init__(self):
         self._lock = threading.Lock()
 
-    def chat(self, messages, *, model, temperature, max_tokens, seed=None) -> ChatResult:
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None, stop=None) -> ChatResult:
         with self._lock:
-            self.calls.append({"messages": messages, "model": model, "seed": seed, "temperature": temperature})
+            self.calls.append({"messages": messages, "model": model, "seed": seed, "temperature": temperature,
+                               "stop": stop})
             n = len(self.calls)
         if self.fail_every and n % self.fail_every == 0:
             raise RuntimeError(f"injected failure on call {n}")

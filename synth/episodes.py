@@ -109,6 +109,30 @@ def environment_openers(prompt: AgentPrompt) -> list[str]:
     return [common] if len(common) >= 4 else []
 
 
+def agent_markers(prompt: AgentPrompt) -> list[str]:
+    """The words the agent's demonstrated lines start with when they are protocol markers ("Think:", "Act:", or
+    the opening of a JSON reply): a line starting with one is the agent speaking."""
+    lines = [line.strip() for m in prompt.demonstrations if m["role"] == "assistant"
+             for line in m["content"].splitlines() if line.strip()]
+    return sorted({line.split()[0] for line in lines if line.split()[0].endswith(":") or line[0] in "{["})
+
+
+def stop_strings(prompt: AgentPrompt) -> dict[str, list[str]]:
+    """Where each side's turn is over because it started writing the other side's: the agent at the environment's
+    opener or at the lead-in of a new task, the environment at a line that starts with an agent marker. At most
+    four each (the OpenAI limit)."""
+    label = _label(prompt.input_prefix)
+    agent = [*environment_openers(prompt), *([label] if label else [])]
+    env = [f"\n{m}" for m in agent_markers(prompt)]
+    return {"agent": agent[:4], "env": env[:4]}
+
+
+def cut_at(text: str, stops: list[str]) -> str:
+    """``text`` up to the first stop string (for servers that do not apply ``stop`` themselves)."""
+    at = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return text[:at].rstrip() if at >= 0 else text
+
+
 def _last_line(text: str) -> str:
     lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
     return lines[-1] if lines else ""

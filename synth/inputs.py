@@ -43,11 +43,7 @@ class Screen:
         self.ngram = ngram
         words = _words(episodes_.instructions(prompt))
         self.prompt_ngrams = {tuple(words[i : i + ngram]) for i in range(len(words) - ngram + 1)}
-        agent_lines = [line.strip() for m in prompt.demonstrations if m["role"] == "assistant"
-                       for line in m["content"].splitlines() if line.strip()]
-        # The first word of the agent's demonstrated lines when it is a protocol marker ("Think:", "Action:", "{").
-        self.agent_markers = sorted({line.split()[0] for line in agent_lines
-                                     if line.split()[0].endswith(":") or line[0] in "{["})
+        self.agent_markers = episodes_.agent_markers(prompt)
         self.env_openers = episodes_.environment_openers(prompt)
 
     def reason(self, text: str) -> str:

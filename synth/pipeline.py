@@ -72,17 +72,21 @@ class Synthesizer:
     stopped: threading.Event = field(default_factory=threading.Event)  # set on Ctrl-C: workers make no new calls
 
     end_pattern: str = ""  # see genpi.synth.episodes: "" lets only the environment end a dialogue
+    stops: dict = field(default_factory=lambda: {"agent": [], "env": []})  # see genpi.synth.episodes.stop_strings
     side: ThreadPoolExecutor | None = None  # AS-IS and reason calls of records in flight (see `record`)
 
     def _seed(self, *parts) -> int:
         return int(stable_id(self.config.seed, *parts), 16) % (2**31)
 
-    def _chat(self, messages, model, temperature, *parts) -> ChatResult:
+    def _chat(self, messages, model, temperature, *parts, stop=None, max_tokens=None) -> ChatResult:
         if self.stopped.is_set():
             raise InterruptedError("the run was interrupted")
-        r = self.client.chat(messages, model=model, temperature=temperature, max_tokens=self.config.max_tokens,
-                             seed=self._seed(*parts))
+        kwargs = {"stop": stop} if stop else {}
+        r = self.client.chat(messages, model=model, temperature=temperature, max_tokens=max_tokens or self.config.max_tokens,
+                             seed=self._seed(*parts), **kwargs)
         self.usage.add(r)
+        if stop:  # servers that ignore `stop` leave the other side's words in the reply
+            r.text = episodes.cut_at(r.text, stop)
         return r
 
     # --- step 1: inputs
@@ -91,7 +95,10 @@ class Synthesizer:
         """``(result, error)`` of one proposal by the model playing the user; a failed call keeps its error."""
         messages = roles.user_messages(self.prompt, examples)
         try:
-            return self._chat(messages, self.models.synth, self.config.inputs_temperature, "input", call), ""
+            # A request is a sentence or two: a proposal that runs on is cut at 128 tokens and rejected.
+            max_tokens = min(self.config.max_tokens, 128)
+            return self._chat(messages, self.models.synth, self.config.inputs_temperature, "input", call,
+                              max_tokens=max_tokens), ""
         except UserError:
             raise
         except Exception as e:
@@ -110,15 +117,15 @@ class Synthesizer:
                "dialogue": [{"role": "user", "content": user_input}], "finish": "error",
                "meta": {"error": "", "env_raw": [], "finish_reasons": [], "dropped": []}}
         try:
-            as_is = self._side(self._chat, roles.as_is_messages(user_input), self.models.agent, c.agent_temperature,
-                               record_id, "as_is")
+            as_is = self._side(lambda: self._chat(roles.as_is_messages(user_input), self.models.agent,
+                                                  c.agent_temperature, record_id, "as_is", max_tokens=c.as_is_max_tokens))
             reason = []
 
             def after_first_turn(to_be: str) -> None:
                 rec["as_is"] = as_is.result().text
                 messages = roles.reason_messages(self.prompt, user_input, rec["as_is"], to_be)
-                reason.append(self._side(self._chat, messages, self.models.synth, c.reason_temperature, record_id,
-                                         "reason"))
+                reason.append(self._side(lambda: self._chat(messages, self.models.synth, c.reason_temperature, record_id,
+                                                            "reason", max_tokens=c.reason_max_tokens)))
 
             rec["finish"] = self._dialogue(rec, after_first_turn)
             rec["as_is"] = as_is.result().text
@@ -132,25 +139,25 @@ class Synthesizer:
             rec["meta"]["error"] = f"{type(e).__name__}: {e}"
         return rec
 
-    def _side(self, fn, *args):
-        """Run ``fn(*args)`` on the side pool (its own thread per record at most), or inline without one."""
+    def _side(self, fn):
+        """Run ``fn()`` on the side pool (its own thread per record at most), or inline without one."""
         if self.side is None:
             from concurrent.futures import Future
 
             f: Future = Future()
             try:
-                f.set_result(fn(*args))
+                f.set_result(fn())
             except Exception as e:
                 f.set_exception(e)
             return f
-        return self.side.submit(fn, *args)
+        return self.side.submit(fn)
 
     def _dialogue(self, rec: dict, after_first_turn=None) -> str:
         """The role-swapped dialogue, in place; ``after_first_turn(text)`` is called once the TO-BE turn is kept."""
         dialogue, meta, c = rec["dialogue"], rec["meta"], self.config
         for turn in range(c.max_turns):
             r = self._chat(roles.agent_messages(self.prompt, dialogue), self.models.agent, c.agent_temperature,
-                           rec["id"], "agent", turn)
+                           rec["id"], "agent", turn, stop=self.stops["agent"])
             meta["finish_reasons"].append(r.finish_reason)
             marked = c.end_marker in r.text
             text = r.text.replace(c.end_marker, "").strip() if marked else r.text  # markers never reach training
@@ -167,7 +174,7 @@ class Synthesizer:
             if turn == c.max_turns - 1:
                 return "max_turns"
             env = roles.environment_messages(self.prompt, dialogue, c.end_marker)
-            raw = self._chat(env, self.models.env, c.env_temperature, rec["id"], "env", turn).text
+            raw = self._chat(env, self.models.env, c.env_temperature, rec["id"], "env", turn, stop=self.stops["env"]).text
             meta["env_raw"].append(raw)
             reply = raw.replace(c.end_marker, "").strip()
             if c.end_marker in raw or not reply:
@@ -301,6 +308,10 @@ def dry_run(prompt: AgentPrompt, config: SynthConfig, seeds: list[str]) -> None:
         for m in messages:
             console.print(f"[bold]{m['role']}[/bold]:", m["content"], markup=False, highlight=False)
     pattern = resolve_end_pattern(prompt, config.end_pattern)
+    stops = episodes.stop_strings(prompt)
+    console.rule("stop strings")
+    console.print(f"agent turns stop at {stops['agent']}, environment turns at {stops['env']}", markup=False,
+                  highlight=False)
     console.rule("end of a dialogue")
     console.print(f"an agent turn whose last line matches {pattern!r}" if pattern else "no end pattern",
                   f"or an environment reply with {config.end_marker!r}; at most {config.max_turns} agent turns",
@@ -332,7 +343,7 @@ def read_seeds(path: str) -> list[str]:
 def _validate(c: SynthConfig) -> None:
     if not c.prompt:
         raise UserError("no prompt given: pass --prompt FILE")
-    for name in ("num_inputs", "max_turns", "max_tokens", "concurrency", "retries"):
+    for name in ("num_inputs", "max_turns", "max_tokens", "as_is_max_tokens", "reason_max_tokens", "concurrency", "retries"):
         if getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
     for name in ("agent_temperature", "env_temperature", "inputs_temperature", "reason_temperature"):
@@ -387,7 +398,7 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
             client = OpenAIChatClient(base_url=base_url, api_key=config.api_key or None, timeout=config.timeout,
                                       retries=config.retries)
         models = Roles(agent=served, env=config.env_model or served, synth=config.synth_model or served)
-        syn = Synthesizer(prompt, config, client, models, end_pattern=end_pattern)
+        syn = Synthesizer(prompt, config, client, models, end_pattern=end_pattern, stops=episodes.stop_strings(prompt))
         info.update({
             "genpi_version": __version__,
             "prompt_path": str(config.prompt),
@@ -397,6 +408,7 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
             "endpoint": endpoint,
             "models": asdict(models),
             "end_pattern": end_pattern,
+            "stop": syn.stops,
             "config": {**config.public(), "base_url": public_url(config.base_url) if config.base_url else ""},
             "signature": signature,
         })
@@ -405,7 +417,7 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
         start = time.monotonic()
         with _progress() as progress, workers(syn) as pool:
             inputs = gather_inputs(syn, store, seeds, excluded_inputs(config.exclude_run), pool, progress)
-            records, new = gather_records(syn, store, inputs, pool, progress)
+            records, new = ([], 0) if config.inputs_only else gather_records(syn, store, inputs, pool, progress)
         elapsed = time.monotonic() - start
 
     retries = getattr(client, "retry_count", 0)

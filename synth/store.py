@@ -151,6 +151,18 @@ def _diff_keys(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["signature"]
 
 
+def load_inputs(run_dir: str | Path) -> list[dict]:
+    """The accepted inputs of a run (``[{id, index, input}]``), read only: a torn last line is skipped, not cut."""
+    path = Path(run_dir) / INPUTS_FILE
+    rows = []
+    for line in (path.read_bytes().split(b"\n") if path.exists() else []):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # blank, or the torn last line of a run being written
+    return [a for call in rows for a in call.get("accepted", [])]
+
+
 def load_run(run_dir: str | Path):
     """Load a synthesis run: ``(run_info, records)`` with ``records`` a ``datasets.Dataset``.
 

@@ -53,6 +53,29 @@ def test_greedy_replies_equal_decoding_each_request_alone_and_the_shared_prompt_
     assert engine.stats.prefill_tokens < sum(len(r.ids) for r in requests) - 3 * shared
 
 
+def test_shared_prefix_attention_gives_the_same_logits_as_plain_attention(smol):
+    import torch
+
+    from genpi.engine import shared_prefix_attention
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    model, _ = smol
+    module = model.model.layers[0].self_attn
+    torch.manual_seed(0)
+    n, width, shared = 5, 40, 24
+    query = torch.randn(n, 9, 1, 64)
+    key, value = torch.randn(n, 3, width, 64), torch.randn(n, 3, width, 64)
+    key[:, :, :shared], value[:, :, :shared] = key[0, :, :shared], value[0, :, :shared]  # rows share a prefix
+    lengths = torch.tensor([30, 33, 40, 26, 35])
+    mask = (torch.arange(width)[None, :] < lengths[:, None])[:, None, None, :]
+    plain, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.125)
+    groups = [(torch.tensor([0, 2, 3]), shared), (torch.tensor([1, 4]), 10)]  # row 1 and 4 share less; all rows covered
+    ours, _ = shared_prefix_attention(module, query, key, value, mask, scaling=0.125, genpi_groups=groups)
+    assert torch.allclose(ours, plain, atol=1e-5)
+    partial, _ = shared_prefix_attention(module, query, key, value, mask, scaling=0.125, genpi_groups=groups[:1])
+    assert torch.allclose(partial, plain, atol=1e-5)  # rows in no group take plain attention
+
+
 def test_a_dialogue_turn_reuses_the_previous_turn_and_its_reply(smol):
     model, tok = smol
     engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=2, min_prefix=16)
@@ -86,6 +109,20 @@ def test_a_long_reply_does_not_hold_back_short_ones(smol):
         f.result(timeout=120)
     assert not long.done(), "the short requests joined the running batch and finished first"
     assert len(long.result(timeout=300).ids) == 160
+
+
+def test_a_stop_string_ends_the_reply(smol):
+    model, tok = smol
+    engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=2,
+                    decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
+    ids = _ids(tok, [{"role": "user", "content": "List the numbers 1 to 10, separated by commas."}])
+    free = tok.decode(engine.generate([Request(ids, 60)])[0].ids)
+    word = free.split(",")[2].strip()  # a word the free reply writes early on
+    c = engine.generate([Request(ids, 60, stop=(word,))])[0]
+    text = tok.decode(c.ids)
+    assert c.finish_reason == "stop" and word in text and len(c.ids) < len(tok(free)["input_ids"])
+    with pytest.raises(ValueError, match="stop strings need"):
+        Engine(model, {tok.eos_token_id}, tok.pad_token_id).submit(Request(ids, 4, stop=("x",))).result(timeout=10)
 
 
 def test_bad_requests_fail_alone(smol):

@@ -45,6 +45,18 @@ def test_openai_client_gets_a_completion_and_reused_prompt_tokens(server):
     assert again.choices[0].message.content == first.choices[0].message.content  # greedy is deterministic
 
 
+def test_stop_strings_cut_the_reply_before_them(server):
+    client = _client(server)
+    ask = lambda **kw: client.chat.completions.create(  # noqa: E731
+        model=server.model, max_tokens=40, temperature=0, **kw,
+        messages=[{"role": "user", "content": "List the numbers 1 to 10, separated by commas."}])
+    free = ask().choices[0].message.content
+    word = free.split(",")[3].strip()
+    cut = ask(stop=[word, "zzz"]).choices[0]
+    assert cut.finish_reason == "stop" and word not in cut.message.content
+    assert free.startswith(cut.message.content)
+
+
 def test_models_and_errors_are_openai_shaped(server):
     import openai
 

@@ -96,10 +96,10 @@ def test_dedup_drops_exact_and_near_duplicates():
 class RepeatingClient(FakeChatClient):
     """Proposes the same input on every call: the run must stop asking, not loop."""
 
-    def chat(self, messages, *, model, temperature, max_tokens, seed=None):
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None, stop=None):
         if messages[-1]["content"] == roles.NEXT_REQUEST:
             return ChatResult("Count the lines in /etc/passwd for me", finish_reason="stop")
-        return super().chat(messages, model=model, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        return super().chat(messages, model=model, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop)
 
 
 def test_repeating_synth_model_ends_with_fewer_inputs(tmp_path):

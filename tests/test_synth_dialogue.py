@@ -20,8 +20,8 @@ class ScriptedAgent(FakeChatClient):
         super().__init__(**kw)
         self.script = script
 
-    def chat(self, messages, *, model, temperature, max_tokens, seed=None):
-        r = super().chat(messages, model=model, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None, stop=None):
+        r = super().chat(messages, model=model, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop)
         if _role(messages) == "agent":
             turn = sum(m["role"] == "assistant" for m in messages) - _demo_turns(messages)
             text, finish = self.script[min(turn, len(self.script) - 1)]
@@ -132,3 +132,29 @@ def test_the_summary_counts_reused_prompt_tokens(tmp_path, capsys):
 def test_temperatures_out_of_range_are_user_errors(tmp_path, key):
     with pytest.raises(UserError, match=f"--{key.replace('_', '-')} must be between 0 and 2"):
         synthesize(cfg(tmp_path, **{key: 3.0}), client=FakeChatClient())
+
+
+def test_each_side_stops_where_it_starts_writing_the_other_sides_words(tmp_path):
+    hallucinated = "Think: count.\nAct: bash\n```bash\nls | wc -l\n```\nThe output of the OS:\n17"
+    fake = ScriptedAgent([(hallucinated, "stop"), ("Think: done.\nAct: answer(17)", "stop")])
+    records = synthesize(cfg(tmp_path), client=fake)
+    agent_stops = {tuple(c["stop"]) for c in fake.calls if _role(c["messages"]) == "agent"}
+    env_stops = {tuple(c["stop"]) for c in fake.calls if _role(c["messages"]) == "env"}
+    assert agent_stops == {("The output of the OS:", "My problem is:")} and env_stops == {("\nAct:", "\nThink:")}
+    for r in records:  # the fake server ignores `stop`: the reply is cut where the environment's words begin
+        assert r["dialogue"][1]["content"] == "Think: count.\nAct: bash\n```bash\nls | wc -l\n```"
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["stop"]["agent"] == ["The output of the OS:", "My problem is:"]
+
+
+def test_inputs_only_makes_a_held_out_set_without_records(tmp_path):
+    from genpi.eval.heldout import load_heldout
+
+    fake = FakeChatClient()
+    synthesize(cfg(tmp_path, num_inputs=5, inputs_only=True), client=fake)
+    assert not (tmp_path / "run" / "records.jsonl").exists()
+    assert {_role(c["messages"]) for c in fake.calls} == {"input"}
+    held = load_heldout(tmp_path / "run")
+    assert len(held.items) == 5 and all(it.input and not it.dialogue for it in held.items)
+    records = synthesize(cfg(tmp_path, num_inputs=5), client=FakeChatClient())  # the same run, now with records
+    assert sorted(r["input"] for r in records) == sorted(it.input for it in held.items)
