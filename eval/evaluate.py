@@ -32,6 +32,7 @@ from genpi.eval.reconstruction import question, reconstruction_score
 from genpi.eval.recovery import recovery
 from genpi.eval.report import plot, tables, notes, write_json
 from genpi.eval.systems import build_systems
+from genpi.progress import progress
 from genpi.prompt import load_prompt
 
 BOUNDS = ("prompted", "unprompted")
@@ -79,10 +80,10 @@ def evaluate(config: EvalConfig, console=None) -> dict:
     latency_convs = single_convs[: config.latency_inputs]
 
     single, multi, recon = {}, {}, {}
-    with _progress(console) as progress:
+    with progress(console) as bars:
         def run(label, system, convs, max_new_tokens):
-            task = progress.add_task(f"{label:<15} {system.name}", total=len(convs))
-            return gen.generate(system, prompt, convs, max_new_tokens, on_reply=lambda: progress.advance(task),
+            task = bars.add_task(f"{label:<15} {system.name}", total=len(convs), rate="")
+            return gen.generate(system, prompt, convs, max_new_tokens, on_reply=lambda: bars.advance(task),
                                 stop=stops if label != "reconstruction" else None)
 
         for s in systems:
@@ -96,10 +97,10 @@ def evaluate(config: EvalConfig, console=None) -> dict:
                 recon[s.name] = run("reconstruction", s, convs, recon_tokens)
         latency = {}
         if latency_convs:
-            task = progress.add_task(f"{'latency':<15} prompted vs {compared.name}", total=2 * len(latency_convs))
+            task = bars.add_task(f"{'latency':<15} prompted vs {compared.name}", total=2 * len(latency_convs), rate="")
             # both systems have just generated, so the model is warm: no warm-up requests needed
             latency = cost_.measure_latency(gen, prompt, systems[0], compared, latency_convs, config.max_new_tokens,
-                                            on_request=lambda: progress.advance(task), warmup=False)
+                                            on_request=lambda: bars.advance(task), warmup=False)
 
     # --- score
     reference = [g.text for g in single["prompted"]]
@@ -341,8 +342,3 @@ def _versions() -> dict:
     return out
 
 
-def _progress(console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console)

@@ -58,9 +58,9 @@ class Generator:
                 if self._adapter_names:
                     self.model.load_adapter(s.adapter, adapter_name=name)
                 else:
-                    from peft import PeftModel
+                    from genpi.models import load_adapter
 
-                    self.model = PeftModel.from_pretrained(base, s.adapter, adapter_name=name)
+                    self.model = load_adapter(base, s.adapter, adapter_name=name)
             except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
                 raise UserError(f"cannot load adapter {s.adapter} onto {model_name}: {str(e).splitlines()[0]}") from None
             self._adapter_names[s.name] = name

@@ -231,8 +231,12 @@ class Engine:
         self.shared_attention = getattr(config, "_attn_implementation", None) in ("sdpa", ATTENTION)
         if self.shared_attention:  # the registered function falls back to SDPA for every other call
             from transformers import AttentionInterface
+            from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
             AttentionInterface.register(ATTENTION, shared_prefix_attention)
+            # ... and calls without a mask of their own get SDPA's causal mask (without one registered, transformers
+            # would pass no mask, and SDPA would take "causal" against a cache as attending to its first positions).
+            ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
             config._attn_implementation = ATTENTION
         self.width = 0
         self.keys: list = []

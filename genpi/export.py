@@ -36,17 +36,15 @@ def export(adapter: str | Path, output: str | Path, merge: bool = False, overwri
         shutil.rmtree(out)
     base = meta.get("base_model") or adapter_config.get("base_model_name_or_path")
     if merge:
-        from peft import PeftModel
-
         from transformers import AutoTokenizer
 
-        from genpi.models import load_model, resolve_model
+        from genpi.models import load_adapter, load_model, resolve_model
 
         try:
             model = load_model(base)
         except OSError as e:
             raise UserError(f"cannot load the base model {base} of {path}: {str(e).splitlines()[0]}") from None
-        merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        merged = load_adapter(model, path).merge_and_unload()
         merged.save_pretrained(str(out))
         tokenizer_dir = str(path) if (path / "tokenizer_config.json").is_file() else resolve_model(base)
         AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(str(out))

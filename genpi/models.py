@@ -7,11 +7,13 @@ later load takes well under a second instead of ~30 s.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from genpi.errors import UserError
@@ -114,3 +116,20 @@ def load_model(name: str | None, dtype=None):
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=dtype)
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """PEFT (0.21) reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates with a FutureWarning
+    on every wrap: the call is PEFT's, not ours, so only that one warning is silenced, and only while wrapping."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def load_adapter(model, path, adapter_name: str = "default"):
+    """``PeftModel.from_pretrained`` without the deprecation noise of PEFT's own calls."""
+    from peft import PeftModel
+
+    with quiet_peft():
+        return PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name)

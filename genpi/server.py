@@ -223,12 +223,11 @@ def load_served(model_name: str, adapters: list[str], served_name: str | None = 
 
     served = {served_name or model_name: serve(served_name or model_name, load_model(model_name))}
     for path in adapters:
-        from peft import PeftModel
-
         from genpi.export import read_adapter
+        from genpi.models import load_adapter
 
         adapter_dir, _, meta = read_adapter(path)
-        merged = PeftModel.from_pretrained(load_model(model_name), str(adapter_dir)).merge_and_unload()
+        merged = load_adapter(load_model(model_name), adapter_dir).merge_and_unload()
         served[adapter_dir.name] = serve(adapter_dir.name, merged, meta.get("student_context") or [])
     return served
 

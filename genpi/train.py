@@ -205,6 +205,34 @@ def _summary(c, weights, stats, history, steps, seconds, out):
     return table
 
 
+def _log_lines_callback():
+    from transformers import TrainerCallback
+
+    from genpi.progress import duration
+
+    class LogLines(TrainerCallback):
+        """One plain line per logging step, for a log file or CI (a terminal gets the rich panel)."""
+
+        def __init__(self, console):
+            self.console, self.start = console, None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+            self.first = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            done = max(1, state.global_step - self.first)
+            spent = time.monotonic() - self.start
+            left = (state.max_steps - state.global_step) * spent / done
+            terms = "  ".join(f"{k} {logs[k]:.4f}" for k in ("loss", *LOSS_KEYS) if k in logs)
+            self.console.print(f"step {state.global_step}/{state.max_steps}  {terms}  {spent / done:.1f} s/step, "
+                               f"{duration(left)} left", markup=False, highlight=False)
+
+    return LogLines
+
+
 def train(config: TrainConfig, console=None) -> Path:
     """Train an adapter on a synthesis run; return the output directory (a PEFT adapter plus ``genpi.json``)."""
     from rich.console import Console
@@ -242,6 +270,8 @@ def train(config: TrainConfig, console=None) -> Path:
     from genpi.models import load_model
     from genpi.trainer import GenPITrainer, attention_cost, packing_works
 
+    LogLines = _log_lines_callback()
+
     out = Path(c.output)
     ckpt_dir = out / CHECKPOINTS
     precision, dtype, checkpointing = _precision(c, examples, console)
@@ -256,7 +286,7 @@ def train(config: TrainConfig, console=None) -> Path:
         max_steps=c.max_steps,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=checkpointing,
+        activation_checkpointing=checkpointing,
         logging_steps=c.logging_steps,
         save_strategy="steps",
         save_steps=c.save_steps,
@@ -300,11 +330,11 @@ def train(config: TrainConfig, console=None) -> Path:
                                     max_width=c.max_length),
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[RichProgressCallback()],
+        callbacks=[RichProgressCallback() if console.is_terminal else LogLines(console)],
         w_sft=weights["w_sft"], w_pg=weights["w_pg"], w_kl=weights["w_kl"],
         kl_beta=c.kl_beta, kl_temperature=c.kl_temperature,
     )
-    trainer.remove_callback(PrinterCallback)  # the rich panel shows the logs
+    trainer.remove_callback(PrinterCallback)  # the rich panel, or LogLines, shows the logs
     start = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.monotonic() - start

@@ -76,7 +76,10 @@ class GenPITrainer(SFTTrainer):
 
     def __init__(self, *args, w_sft: float = 1.0, w_pg: float = 0.0, w_kl: float = 0.0, kl_beta: float = 0.0,
                  kl_temperature: float = 1.0, **kwargs):
-        super().__init__(*args, **kwargs)
+        from genpi.models import quiet_peft
+
+        with quiet_peft():  # SFTTrainer wraps the model with PEFT, which reads a deprecated attribute
+            super().__init__(*args, **kwargs)
         self.w_sft, self.w_pg, self.w_kl = float(w_sft), float(w_pg), float(w_kl)
         self.kl_beta, self.kl_temperature = float(kl_beta), float(kl_temperature)
         if self.w_kl and not hasattr(self.accelerator.unwrap_model(self.model), "disable_adapter"):

@@ -84,7 +84,7 @@ def pick_examples(gold: list[str], accepted: list[str], call: int, seed: int, k:
     return out
 
 
-def gather_inputs(syn, store: RunStore, seeds: list[str], excluded: list[str], pool, progress) -> list[str]:
+def gather_inputs(syn, store: RunStore, seeds: list[str], excluded: list[str], pool, bars) -> list[str]:
     """Step 1, resumable: seeds (call -1), then rounds of ``concurrency`` proposals, one line per call in
     ``inputs.jsonl``: ``{call, raw, finish_reason, accepted: [{id, index, input}], rejected: [{input, reason}],
     error}``."""
@@ -115,9 +115,10 @@ def gather_inputs(syn, store: RunStore, seeds: list[str], excluded: list[str], p
     # after rounds that brought nothing new.
     max_calls = next_call + 6 * max(0, c.num_inputs - len(inputs)) + 2 * c.concurrency
     stale = 0
-    task = progress.add_task("inputs", total=c.num_inputs, completed=min(len(inputs), c.num_inputs), rate="")
+    task = bars.add_task("inputs", total=c.num_inputs, completed=min(len(inputs), c.num_inputs), rate="")
     while len(inputs) < c.num_inputs and next_call < max_calls:
-        calls = list(range(next_call, next_call + c.concurrency))
+        # About two proposals per missing input (most are accepted), at most --concurrency at once.
+        calls = list(range(next_call, next_call + min(c.concurrency, 2 * (c.num_inputs - len(inputs)))))
         shown = {k: pick_examples(gold, inputs, k, c.seed) for k in calls}
         results = list(pool.map(lambda k: syn.propose_input(k, shown[k]), calls))
         new_total = 0
@@ -148,8 +149,8 @@ def gather_inputs(syn, store: RunStore, seeds: list[str], excluded: list[str], p
         stale = stale + 1 if new_total == 0 else 0
         if stale >= 4:
             break
-        progress.update(task, completed=min(len(inputs), c.num_inputs))
-    progress.update(task, completed=min(len(inputs), c.num_inputs))
+        bars.update(task, completed=min(len(inputs), c.num_inputs))
+    bars.update(task, completed=min(len(inputs), c.num_inputs))
     return inputs[: c.num_inputs]
 
 

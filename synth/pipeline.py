@@ -23,6 +23,7 @@ from pathlib import Path
 from genpi import __version__
 from genpi.config import SynthConfig
 from genpi.errors import UserError
+from genpi.progress import progress
 from genpi.prompt import AgentPrompt, load_prompt
 from genpi.synth import episodes, roles
 from genpi.synth.client import ChatClient, ChatResult, OpenAIChatClient, public_url
@@ -183,13 +184,6 @@ class Synthesizer:
         return "max_turns"
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), transient=False)
-
-
 @contextmanager
 def workers(syn: Synthesizer):
     """A thread pool that, on Ctrl-C or an error, stops at once: no new calls, no retries, no waiting.
@@ -212,7 +206,7 @@ def workers(syn: Synthesizer):
         syn.side = None
 
 
-def gather_records(syn: Synthesizer, store: RunStore, inputs: list[str], pool, progress) -> tuple[list[dict], int]:
+def gather_records(syn: Synthesizer, store: RunStore, inputs: list[str], pool, bars) -> tuple[list[dict], int]:
     """Steps 2-4, resumable: every input without a finished record gets one, ``concurrency`` in flight."""
     retried = store.retire_failed()  # failed records are made again; errors.jsonl keeps the failures
     records = store.records()
@@ -220,7 +214,7 @@ def gather_records(syn: Synthesizer, store: RunStore, inputs: list[str], pool, p
     todo = [(i, stable_id(syn.prompt.hash, "record", i), x) for i, x in enumerate(inputs)]
     todo = [t for t in todo if t[1] not in done]
     label = f"records ({retried} failed before, retried)" if retried else "records"
-    task = progress.add_task(label, total=len(inputs), completed=len(inputs) - len(todo), rate="")
+    task = bars.add_task(label, total=len(inputs), completed=len(inputs) - len(todo), rate="")
     start, new = time.monotonic(), 0
     pending = {pool.submit(syn.record, *t) for t in todo}
     while pending:
@@ -231,7 +225,7 @@ def gather_records(syn: Synthesizer, store: RunStore, inputs: list[str], pool, p
             records.append(rec)
             new += 1
             rate = new / max(1e-9, time.monotonic() - start) * 60
-            progress.update(task, advance=1, rate=f"{rate:.1f} rec/min")
+            bars.update(task, advance=1, rate=f"{rate:.1f} rec/min")
     return records, new
 
 
@@ -415,9 +409,9 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
         store.write_info(info)
 
         start = time.monotonic()
-        with _progress() as progress, workers(syn) as pool:
-            inputs = gather_inputs(syn, store, seeds, excluded_inputs(config.exclude_run), pool, progress)
-            records, new = ([], 0) if config.inputs_only else gather_records(syn, store, inputs, pool, progress)
+        with progress(console) as bars, workers(syn) as pool:
+            inputs = gather_inputs(syn, store, seeds, excluded_inputs(config.exclude_run), pool, bars)
+            records, new = ([], 0) if config.inputs_only else gather_records(syn, store, inputs, pool, bars)
         elapsed = time.monotonic() - start
 
     retries = getattr(client, "retry_count", 0)

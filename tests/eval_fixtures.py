@@ -33,8 +33,11 @@ def make_adapter(out: Path, model, *, strategy: str = "genpi", prompt_hash: str 
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  task_type="CAUSAL_LM"))
+    from genpi.models import quiet_peft
+
+    with quiet_peft():
+        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                      task_type="CAUSAL_LM"))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

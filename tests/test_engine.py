@@ -76,6 +76,18 @@ def test_shared_prefix_attention_gives_the_same_logits_as_plain_attention(smol):
     assert torch.allclose(partial, plain, atol=1e-5)  # rows in no group take plain attention
 
 
+def test_a_prefix_extended_from_a_stored_one_equals_computing_it_whole(smol):
+    model, tok = smol
+    engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=2, min_prefix=8)
+    ids = _ids(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}])
+    short = engine._compute_prefix("", ids[:20])
+    longer = engine._compute_prefix("", ids[:50])  # starts from the stored 20 tokens
+    whole = Engine(model, {tok.eos_token_id}, tok.pad_token_id)._compute_prefix("", ids[:50])
+    for a, b in zip(longer.keys + longer.values, whole.keys + whole.values):
+        assert (a - b).abs().max() < 1e-4
+    assert short.ids == tuple(ids[:20])
+
+
 def test_a_dialogue_turn_reuses_the_previous_turn_and_its_reply(smol):
     model, tok = smol
     engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=2, min_prefix=16)

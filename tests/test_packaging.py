@@ -17,7 +17,7 @@ def test_wheel_holds_synth_eval_and_templates(tmp_path):
                    check=True)
     wheel = next(tmp_path.glob("genpi-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in ("genpi/cli.py", "genpi/synth/pipeline.py", "genpi/synth/templates/inputs.txt",
+    for path in ("genpi/cli.py", "genpi/synth/pipeline.py", "genpi/synth/templates/user.txt",
                  "genpi/synth/templates/environment.txt", "genpi/eval/evaluate.py"):
         assert path in names, path
     assert not any(n.startswith(("synth/", "eval/", "tests/")) for n in names)

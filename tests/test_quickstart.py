@@ -8,7 +8,7 @@ from genpi.cli import main
 
 pytestmark = pytest.mark.integration
 
-QUALITY = ("rouge_l", "exact_match", "protocol", "multiturn_rouge_l", "prompt_reconstruction")
+QUALITY = ("rouge_l", "exact_match", "protocol", "prompt_reconstruction")
 
 
 def test_quickstart_smoke_report_has_every_system_and_metric(tmp_path, smol_path):

@@ -28,7 +28,7 @@ def _trainer(tmp_path, examples, tokenizer, *, steps=1, lr=1e-4, **weights):
     from genpi.trainer import GenPITrainer
 
     args = SFTConfig(output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=len(examples), max_steps=steps,
-                     learning_rate=lr, lr_scheduler_type="constant", bf16=False, gradient_checkpointing=False,
+                     learning_rate=lr, lr_scheduler_type="constant", bf16=False, activation_checkpointing=False,
                      remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, report_to="none",
                      logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False, use_cpu=True)
     # No LoRA dropout: on CPU its random masks cost as much as the matmuls, and nothing here depends on it.
@@ -55,9 +55,7 @@ def test_the_tiny_model_keeps_packed_sequences_apart(smol_path):
 
 
 def test_joint_loss_falls_on_a_fixed_batch_and_the_saved_adapter_reloads(tmp_path, smol_tokenizer):
-    from peft import PeftModel
-
-    from genpi.models import load_model
+    from genpi.models import load_adapter, load_model
 
     tok = smol_tokenizer
     examples, _ = build_examples(tok, [fx.record(0, turns=1)], fx.prompt(), max_length=384)
@@ -78,7 +76,7 @@ def test_joint_loss_falls_on_a_fixed_batch_and_the_saved_adapter_reloads(tmp_pat
     trainer.save_model(str(tmp_path / "adapter"))
     ids = torch.tensor([examples[0]["input_ids"]])
     expected = _logits(trainer.model, ids)
-    reloaded = PeftModel.from_pretrained(load_model("default"), str(tmp_path / "adapter"))
+    reloaded = load_adapter(load_model("default"), tmp_path / "adapter")
     assert torch.allclose(_logits(reloaded, ids), expected, atol=1e-5)
     assert not torch.allclose(_logits(load_model("default"), ids), expected, atol=1e-3)
 
@@ -175,17 +173,16 @@ def test_resume_continues_the_step_count(trained):
 
 
 def test_merged_export_gives_the_adapter_logits(trained, tmp_path):
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from genpi.models import load_model
+    from genpi.models import load_adapter, load_model
 
     _, out, _ = trained
     merged_dir = tmp_path / "merged"
     assert main(["export", "--adapter", str(out), "--merge", "--output", str(merged_dir)]) == 0
     assert not list(merged_dir.glob("adapter_*"))
     ids = torch.tensor([[1, 9690, 198, 22503, 314, 253, 5356, 30, 2, 198, 1, 4093, 198]])
-    adapter_logits = _logits(PeftModel.from_pretrained(load_model("default"), str(out)), ids)
+    adapter_logits = _logits(load_adapter(load_model("default"), out), ids)
     merged_logits = _logits(AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32), ids)
     assert torch.allclose(merged_logits, adapter_logits, atol=1e-4)
     assert not torch.allclose(_logits(load_model("default"), ids), adapter_logits, atol=1e-3)
