@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shlex
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -32,16 +31,16 @@ def fresh_adapter(out: Path, prompt_hash: str) -> Path:
     """An untrained LoRA adapter with ``genpi train``'s default shape, saved with a genpi.json."""
     from peft import LoraConfig, get_peft_model
 
+    from genpi.adapter import AdapterInfo
     from genpi.config import TrainConfig
-    from genpi.models import load_model
+    from genpi.models import load_model, quiet_peft
 
     c = TrainConfig()
-    target = "all-linear" if c.lora_target == "all-linear" else [t.strip() for t in c.lora_target.split(",")]
-    model = get_peft_model(load_model("default"), LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, target_modules=target,
-                                                             task_type="CAUSAL_LM"))
+    with quiet_peft():
+        model = get_peft_model(load_model("default"), LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha,
+                                                                 target_modules=c.lora_target, task_type="CAUSAL_LM"))
     model.save_pretrained(out)
-    (out / "genpi.json").write_text(json.dumps({"strategy": "untrained", "base_model": "default",
-                                                "prompt_hash": prompt_hash, "student_context": []}))
+    AdapterInfo(strategy="untrained", base_model="default", prompt_hash=prompt_hash).write(out)
     return out
 
 

@@ -46,7 +46,11 @@ def install_baseline(rev: str, where: Path) -> str:
 def run_arm(python: str, out: Path, args, seeds: Path, cwd: Path) -> dict:
     cmd = [python, "-m", "genpi", "synth", "--prompt", str(ROOT / args.prompt), "--out", str(out),
            "--num-inputs", str(args.records), "--seed-inputs", str(seeds), "--max-turns", str(args.max_turns),
-           "--max-tokens", str(args.max_tokens), "--concurrency", str(args.concurrency), "--seed", "0"]
+           "--concurrency", str(args.concurrency), "--seed", "0"]
+    # The same setting under the name each version knows (it was --max-tokens before --max-new-tokens).
+    knows_new = "--max-new-tokens" in subprocess.run([python, "-m", "genpi", "synth", "--help"], cwd=cwd,
+                                                     capture_output=True, text=True).stdout
+    cmd += ["--max-new-tokens" if knows_new else "--max-tokens", str(args.max_tokens)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
     env.pop("OPENAI_BASE_URL", None)
     started = time.monotonic()

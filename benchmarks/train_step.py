@@ -72,13 +72,13 @@ def main() -> int:
     from peft import LoraConfig
     from rich.console import Console
     from rich.table import Table
-    from trl import SFTConfig
-
     from genpi.config import TrainConfig
-    from genpi.data import GenPICollator, build_examples, load_training_run
     from genpi.models import load_model, load_tokenizer
     from genpi.prompt import load_prompt
-    from genpi.trainer import GenPITrainer, attention_cost
+    from genpi.training.collator import GenPICollator
+    from genpi.training.run import load_training_run
+    from genpi.training.trainer import GenPIConfig, GenPITrainer, attention_cost
+    from genpi.training.views import build_examples
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,14 +100,13 @@ def main() -> int:
     defaults = TrainConfig()
     lora = LoraConfig(r=defaults.lora_r, lora_alpha=defaults.lora_alpha, lora_dropout=defaults.lora_dropout,
                       target_modules=defaults.lora_target, task_type="CAUSAL_LM")
-    sft_args = SFTConfig(output_dir="/tmp/genpi-bench", per_device_train_batch_size=args.batch_size, bf16=False,
-                         gradient_checkpointing=False, remove_unused_columns=False, report_to="none",
-                         dataset_kwargs={"skip_prepare_dataset": True}, use_cpu=not torch.cuda.is_available())
+    sft_args = GenPIConfig(output_dir="/tmp/genpi-bench", per_device_train_batch_size=args.batch_size, bf16=False,
+                           report_to="none", use_cpu=not torch.cuda.is_available(), w_kl=1.0)
     base = load_model(args.model)
     collate = GenPICollator(tok.pad_token_id, attention_cost=attention_cost(base.config), max_width=args.max_length)
     collate_padded = GenPICollator(tok.pad_token_id, pack=False)
     trainer = GenPITrainer(model=base, args=sft_args, train_dataset=Dataset.from_list(examples),
-                           data_collator=collate, processing_class=tok, peft_config=lora, w_kl=1.0)
+                           data_collator=collate, processing_class=tok, peft_config=lora)
     model = trainer.model
     model.train()
 

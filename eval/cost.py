@@ -18,16 +18,6 @@ def flops_per_request(params: int, input_tokens: float, output_tokens: float) ->
     return 2.0 * params * (input_tokens + output_tokens)
 
 
-def training_tokens(info: dict) -> tuple[int | None, int]:
-    """``(tokens through the trained model, tokens through the frozen teacher)`` from an adapter's ``genpi.json``.
-
-    ``train_tokens`` counts every token of every training row in every epoch (context included, not only the
-    supervised ones); ``teacher_tokens`` the extra teacher forward passes of a KL strategy. None when unrecorded.
-    """
-    tokens = info.get("train_tokens")
-    return (int(tokens) if isinstance(tokens, (int, float)) and tokens > 0 else None), int(info.get("teacher_tokens") or 0)
-
-
 def training_flops(params: int, train_tokens: int, teacher_tokens: int = 0) -> float:
     return 6.0 * params * train_tokens + 2.0 * params * teacher_tokens
 

@@ -28,19 +28,19 @@ from genpi.eval.checkers import get_checker
 from genpi.eval.heldout import check_overlap, load_heldout
 from genpi.eval.metrics import exact_match, mean, rouge_l
 from genpi.eval.multiturn import replay_turns
-from genpi.eval.reconstruction import question, reconstruction_score
+from genpi.eval.reconstruction import reconstruction_score
 from genpi.eval.recovery import recovery
 from genpi.eval.report import plot, tables, notes, write_json
 from genpi.eval.systems import build_systems
 from genpi.progress import progress
-from genpi.prompt import load_prompt
+from genpi.prompt import load_prompt, pg_question
 
 BOUNDS = ("prompted", "unprompted")
 
 
-def evaluate(config: EvalConfig, console=None) -> dict:
+def evaluate(config: EvalConfig, console=None) -> Path:
     """Run the evaluation ``config`` describes, write ``report.json``, ``report.png`` and ``outputs.jsonl`` under
-    ``config.out``, print the tables, and return the report.
+    ``config.out``, print the tables, and return ``config.out`` (``read_report`` reads it).
 
     Args:
         config: what to evaluate and how.
@@ -168,7 +168,15 @@ def evaluate(config: EvalConfig, console=None) -> dict:
     for line in notes(report):
         console.print(line, highlight=False)
     console.print(f"report: {out / 'report.json'}, {out / 'report.png'}, outputs: {out / 'outputs.jsonl'}", highlight=False)
-    return report
+    return out
+
+
+def read_report(out: str | Path) -> dict:
+    """The ``report.json`` that :func:`evaluate` wrote under ``out``."""
+    path = Path(out) / "report.json"
+    if not path.is_file():
+        raise UserError(f"{out} holds no report.json: run `genpi eval --out {out}` first")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _score(systems, single, multi, recon, reference, turns, checker, prompt_text):
@@ -213,21 +221,11 @@ def _output_rows(systems, items, turns, recon_items, single, multi, recon, refer
 
 
 def _validate(c: EvalConfig) -> None:
+    """What an evaluation needs beyond valid values (checked by the config itself)."""
     if not c.prompt:
         raise UserError("no prompt given: pass --prompt FILE (the prompt the adapters internalized)")
     if not c.inputs:
         raise UserError("no held-out inputs given: pass --inputs with a synthesis run directory or a file of inputs")
-    for name in ("max_new_tokens", "batch_size"):
-        if getattr(c, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
-    for name in ("num_inputs", "multiturn_turns", "reconstruction_inputs", "reconstruction_max_new_tokens",
-                 "latency_inputs", "bootstrap"):
-        if getattr(c, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(c, name)}")
-    if c.bootstrap < 1:
-        raise UserError(f"--bootstrap must be at least 1, got {c.bootstrap}")
-    if not 0 <= c.noise_floor < 1:
-        raise UserError(f"--noise-floor must be in [0, 1), got {c.noise_floor}")
 
 
 def _check_overlap(config: EvalConfig, held, systems) -> list[str]:
@@ -237,7 +235,7 @@ def _check_overlap(config: EvalConfig, held, systems) -> list[str]:
     if config.train_run:
         runs = [config.train_run]
     else:
-        runs = list(dict.fromkeys(s.info["source_run"] for s in systems if s.info.get("source_run")))
+        runs = list(dict.fromkeys(s.info.source_run for s in systems if s.info.source_run))
     for run in runs:
         if not Path(run).is_dir():
             raise UserError(
@@ -251,8 +249,8 @@ def _check_overlap(config: EvalConfig, held, systems) -> list[str]:
 def _recon_question(item, index: int, single: dict) -> str:
     """Ask with the record's AS-IS/TO-BE answers, or, for plain inputs, this run's unprompted/prompted replies."""
     if item.as_is and item.to_be:
-        return question(item.input, item.as_is, item.to_be)
-    return question(item.input, single["unprompted"][index].text, single["prompted"][index].text)
+        return pg_question(item.input, item.as_is, item.to_be)
+    return pg_question(item.input, single["unprompted"][index].text, single["prompted"][index].text)
 
 
 def _reply_row(g, scores: dict, i: int, prefix: str = "") -> dict:
@@ -284,7 +282,7 @@ def _cost(systems, metrics: dict, params: int, compared: str, latency: dict, pro
         if not s.adapter:
             continue
         saving = prompted["flops_per_request"] - metrics[s.name]["flops_per_request"]
-        train_tokens, teacher_tokens = cost_.training_tokens(s.info)
+        train_tokens, teacher_tokens = s.info.trained_tokens, int(s.info.teacher_tokens or 0)
         train_flops = cost_.training_flops(params, train_tokens, teacher_tokens) if train_tokens else None
         requests = cost_.break_even(train_flops, saving)
         if train_tokens is None:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genpi.errors import UserError
+
+if TYPE_CHECKING:
+    from genpi.synth.store import RunInfo
 
 
 
@@ -32,7 +36,7 @@ class HeldOut:
     source: str
     kind: str  # "run" or "file"
     items: list[HeldOutItem]
-    run_info: dict = field(default_factory=dict)
+    run_info: RunInfo | None = None  # the run's run.json, for a run directory
 
 
 def is_run_dir(path: Path) -> bool:
@@ -61,16 +65,16 @@ def load_heldout(path: str | Path, prompt_hash: str | None = None, limit: int = 
 
 
 def _from_run(path: Path, prompt_hash: str | None) -> HeldOut:
-    from genpi.synth.store import RECORDS_FILE, load_inputs, load_run
+    from genpi.synth.store import RECORDS_FILE, RunInfo, load_inputs, load_run
 
     if not (path / RECORDS_FILE).exists():  # a run of inputs only (`genpi synth --inputs-only`)
-        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
+        info = RunInfo.read(path)
         records = [{"id": a["id"], "input": a["input"]} for a in load_inputs(path)]
     else:
         info, records = load_run(path)
-    if prompt_hash and info.get("prompt_hash") and info["prompt_hash"] != prompt_hash:
+    if prompt_hash and info.prompt_hash and info.prompt_hash != prompt_hash:
         raise UserError(
-            f"--inputs {path} was synthesized for another prompt (hash {info['prompt_hash']}, --prompt has {prompt_hash}): "
+            f"--inputs {path} was synthesized for another prompt (hash {info.prompt_hash}, --prompt has {prompt_hash}): "
             "pass the run made from the same prompt file"
         )
     items = []

@@ -14,10 +14,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genpi.adapter import AdapterInfo, read_adapter
 from genpi.errors import UserError
 from genpi.prompt import AgentPrompt, student_messages
-
-GENPI_FILE = "genpi.json"
 
 
 @dataclass
@@ -30,7 +29,7 @@ class System:
         adapter: the adapter directory (None for the base model).
         strategy: the training strategy from ``genpi.json``.
         student_context: messages placed before the input when there is no prompt ([] = the template's default).
-        info: the adapter's ``genpi.json``.
+        info: the adapter's ``genpi.json`` (an empty one for the base systems).
     """
 
     name: str
@@ -38,7 +37,7 @@ class System:
     adapter: str | None = None
     strategy: str | None = None
     student_context: list[dict] = field(default_factory=list)
-    info: dict = field(default_factory=dict)
+    info: AdapterInfo = field(default_factory=AdapterInfo)
 
     def messages(self, prompt: AgentPrompt, turns: list[dict]) -> list[dict]:
         """The chat messages this system is given for ``turns`` (a conversation whose first turn is the bare input).
@@ -57,30 +56,17 @@ class System:
                 "student_context": self.student_context}
 
 
-def read_adapter(path: str | Path, kind: str) -> System:
+def adapter_system(path: str | Path, kind: str) -> System:
     """An adapter directory as a system, named ``strategy`` for a baseline and ``strategy:directory`` otherwise."""
-    path = Path(path)
-    flag = "--adapter" if kind == "adapter" else "--baseline"
-    if not (path / "adapter_config.json").is_file():
-        raise UserError(f"{flag} {path} is not a PEFT adapter (no adapter_config.json): pass the output directory of `genpi train`")
-    if not (path / GENPI_FILE).is_file():
-        raise UserError(
-            f"{flag} {path} has no {GENPI_FILE}, so its student context is unknown: pass an adapter made by `genpi train`"
-        )
-    try:
-        info = json.loads((path / GENPI_FILE).read_text(encoding="utf-8"))
-    except ValueError:
-        raise UserError(f"{path / GENPI_FILE} is not valid JSON: retrain or restore the file") from None
-    context = info.get("student_context") or []
-    if not isinstance(context, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in context):
-        raise UserError(f"{path / GENPI_FILE}: student_context must be a list of {{role, content}} messages")
-    strategy = str(info.get("strategy") or "adapter")
+    path, _, info = read_adapter(path, "--adapter" if kind == "adapter" else "--baseline")
+    strategy = str(info.strategy or "adapter")
     name = strategy if kind == "baseline" else f"{strategy}:{path.name}"
-    return System(name=name, kind=kind, adapter=str(path), strategy=strategy, student_context=context, info=info)
+    return System(name=name, kind=kind, adapter=str(path), strategy=strategy, student_context=info.student_context,
+                  info=info)
 
 
 def build_systems(
-    prompt: AgentPrompt, adapters: list[str], baselines: list[str], base_model: str = ""
+    prompt: AgentPrompt, adapters: list[str], baselines: list[str], base_model: str | None = None
 ) -> tuple[list[System], str]:
     """``prompted``, ``unprompted``, then the adapters and baselines, checked against the prompt and base model.
 
@@ -93,18 +79,18 @@ def build_systems(
     """
     from genpi.models import DEFAULT_MODEL, resolve_model
 
-    trained = [read_adapter(a, "adapter") for a in adapters] + [read_adapter(b, "baseline") for b in baselines]
-    base_model = base_model or next((s.info["base_model"] for s in trained if s.info.get("base_model")), DEFAULT_MODEL)
+    trained = [adapter_system(a, "adapter") for a in adapters] + [adapter_system(b, "baseline") for b in baselines]
+    base_model = base_model or next((s.info.base_model for s in trained if s.info.base_model), DEFAULT_MODEL)
     for s in trained:
         flag = "--adapter" if s.kind == "adapter" else "--baseline"
-        if s.info.get("prompt_hash") and s.info["prompt_hash"] != prompt.hash:
+        if s.info.prompt_hash and s.info.prompt_hash != prompt.hash:
             raise UserError(
-                f"{flag} {s.adapter} was trained for another prompt (hash {s.info['prompt_hash']}, {prompt.source} has "
+                f"{flag} {s.adapter} was trained for another prompt (hash {s.info.prompt_hash}, {prompt.source} has "
                 f"{prompt.hash}): pass the prompt file it was trained on"
             )
-        if s.info.get("base_model") and resolve_model(s.info["base_model"]) != resolve_model(base_model):
+        if s.info.base_model and resolve_model(s.info.base_model) != resolve_model(base_model):
             raise UserError(
-                f"{flag} {s.adapter} was trained on base model {s.info['base_model']!r}, not {base_model!r}: "
+                f"{flag} {s.adapter} was trained on base model {s.info.base_model!r}, not {base_model!r}: "
                 "pass --model with its base model, or evaluate it separately"
             )
     contexts = {json.dumps(s.student_context, sort_keys=True) for s in trained}

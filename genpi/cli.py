@@ -16,8 +16,9 @@ EPILOG = """examples:
   genpi models fetch
   genpi synth --prompt examples/bash_agent.txt --out runs/bash --num-inputs 200 --max-turns 4
   genpi synth --prompt agent.txt --base-url http://localhost:8000/v1 --model meta-llama/Llama-3.1-8B-Instruct --out runs/x
-  genpi train --data runs/bash --strategy genpi --output adapters/bash
+  genpi train --data runs/bash --strategy genpi --out adapters/bash
   genpi eval --prompt examples/bash_agent.txt --inputs runs/bash-heldout --adapter adapters/bash --out reports/bash
+  genpi serve --adapter adapters/bash
   genpi run recipes/quickstart.py
 """
 
@@ -91,7 +92,7 @@ def _add_eval_parser(sub) -> None:
 
 def _cmd_train(args) -> int:
     from genpi.config import TrainConfig
-    from genpi.train import train
+    from genpi.training import train
 
     train(from_args(TrainConfig, args))
     return 0
@@ -100,19 +101,25 @@ def _cmd_train(args) -> int:
 def _cmd_export(args) -> int:
     from genpi.export import export
 
-    print(export(args.adapter, args.output, merge=args.merge, overwrite=args.overwrite))
+    print(export(args.adapter, args.out, merge=args.merge, overwrite=args.overwrite))
     return 0
 
 
 TRAIN_EPILOG = """examples:
-  genpi train --data runs/bash --strategy genpi --output adapters/bash
-  genpi train --data runs/bash --strategy seqkd_kl --model HuggingFaceTB/SmolLM2-135M-Instruct --output adapters/bash-kl
-  genpi train --data runs/bash --strategy genpi --w-pg 0.5 --max-steps 200 --output adapters/bash --resume
-  accelerate launch -m genpi train --data runs/bash --strategy genpi --output adapters/bash   # several processes
+  genpi train --data runs/bash --strategy genpi --out adapters/bash
+  genpi train --data runs/bash --strategy seqkd_kl --model HuggingFaceTB/SmolLM2-135M-Instruct --out adapters/bash-kl
+  genpi train --data runs/bash --strategy genpi --w-pg 0.5 --max-steps 200 --out adapters/bash --resume
+  genpi train --data runs/bash --out adapters/bash --training-args '{"report_to": "tensorboard"}'
+  accelerate launch -m genpi train --data runs/bash --strategy genpi --out adapters/bash   # several processes
 """
 EXPORT_EPILOG = """examples:
-  genpi export --adapter adapters/bash --merge --output models/bash-merged
-  genpi export --adapter adapters/bash --output serve/bash   # the adapter alone, for vLLM multi-LoRA serving
+  genpi export --adapter adapters/bash --merge --out models/bash-merged
+  genpi export --adapter adapters/bash --out serve/bash   # the adapter alone, for vLLM multi-LoRA serving
+"""
+SERVE_EPILOG = """examples:
+  genpi serve --adapter adapters/bash
+  genpi serve --adapter adapters/bash --adapter adapters/support --port 8001
+  curl http://127.0.0.1:8000/v1/chat/completions -d '{"model": "bash", "messages": [{"role": "user", "content": "How many files are in /etc?"}]}'
 """
 
 
@@ -124,7 +131,7 @@ def _add_train_parsers(sub) -> None:
         help="train an adapter on a synthesis run (GenPI joint loss or a baseline)",
         description="Train a LoRA adapter on a synthesis run with a strategy preset: genpi (behaviour + prompt "
         "generation), seqkd (behaviour only), seqkd_kl / genpi_kl (plus a KL term to the prompted base model) or "
-        "prepend (the prompt kept in context). Writes a PEFT adapter, genpi.json and loss.png to --output.",
+        "prepend (the prompt kept in context). Writes a PEFT adapter, genpi.json and loss.png to --out.",
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -140,10 +147,34 @@ def _add_train_parsers(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--adapter", required=True, metavar="DIR", help="adapter directory from `genpi train`")
-    p.add_argument("--output", required=True, metavar="DIR", help="directory to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write")
     p.add_argument("--merge", action="store_true", help="merge the adapter into the base model's weights")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=_cmd_export)
+
+
+def _cmd_serve(args) -> int:
+    from genpi.server import serve
+
+    serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name)
+    return 0
+
+
+def _add_serve_parser(sub) -> None:
+    from genpi.server import add_arguments as add_serve_arguments
+
+    p = sub.add_parser(
+        "serve",
+        help="serve internalized agents on an OpenAI-compatible endpoint",
+        description="Serve the base model and each --adapter, merged into its own copy of the base, at "
+        "/v1/chat/completions (the model name of an adapter is its directory's name), with the student context "
+        "it was trained with. Stops at once on Ctrl-C or SIGTERM. For many adapters on a GPU, see the vLLM "
+        "multi-LoRA command in the README (Serving).",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_serve_arguments(p)
+    p.set_defaults(func=_cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parsers(sub)
 
     _add_eval_parser(sub)
+
+    _add_serve_parser(sub)
 
     p = sub.add_parser(
         "run",

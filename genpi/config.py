@@ -1,7 +1,10 @@
-"""Configuration: one small dataclass per concern, each field with a one-line help.
+"""Configuration: one dataclass per stage, each field with a one-line help, validated where it is built.
 
-The CLI builds its flags from these fields (``add_arguments``), recipes construct them directly, and both reject
-unknown keys (``from_dict``).
+The CLI builds its flags from these fields (``add_arguments``: ``Literal`` fields become ``choices``), recipes and
+Python users construct them directly, and every value is checked in ``__post_init__`` (a range in the field's
+metadata, a ``Literal``'s choices, and each config's own rules), so a bad value is a one-line ``UserError`` the
+moment a config is made, whoever makes it. What a stage needs to run at all (a prompt, a run directory) is checked
+when the stage starts: a recipe may build a partial config and fill it in with ``dataclasses.replace``.
 """
 
 from __future__ import annotations
@@ -9,17 +12,69 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from genpi.errors import UserError
 
 
-def _f(default, help: str, **kw):
+def _f(default, help: str, *, at_least=None, between=None, cli: bool = True):
+    """A field with its help; ``at_least``/``between`` are checked in ``__post_init__``; ``cli=False`` keeps it
+    out of the command line (Python objects such as callbacks)."""
+    meta = {"help": help, "at_least": at_least, "between": between, "cli": cli}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check(config) -> None:
+    """Paths given to text fields become text; then the checks every field declares: its ``Literal`` choices,
+    ``at_least`` and ``between`` bounds."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, os.PathLike):
+            setattr(config, f.name, os.fspath(value))
+        elif isinstance(value, list) and hints[f.name] == list[str]:
+            setattr(config, f.name, [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value])
+    for f in dataclasses.fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if value is None:
+            continue
+        choices = _choices(hints[f.name])
+        if choices and value not in choices:
+            raise UserError(f"unknown {_flag(f.name)} {value!r}: choose one of {', '.join(map(str, choices))}")
+        if meta.get("at_least") is not None and value < meta["at_least"]:
+            raise UserError(f"{_flag(f.name)} is {value}: {_flag(f.name)} must be at least {meta['at_least']}")
+        if meta.get("between") is not None:
+            lo, hi = meta["between"]
+            if not lo <= value <= hi:
+                raise UserError(f"{_flag(f.name)} is {value}: {_flag(f.name)} must be between {lo} and {hi}")
+
+
+def _choices(typ) -> tuple:
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+    return typing.get_args(typ) if typing.get_origin(typ) is Literal else ()
+
+
+def check_messages(messages, what: str) -> list[dict]:
+    """A list of ``{role, content}`` chat messages that does not end with a user turn, or a one-line error."""
+    ok = isinstance(messages, list) and all(
+        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+        for m in messages
+    )
+    if not ok or (messages and messages[-1]["role"] == "user"):
+        raise UserError(f"{what} must be a list of {{role, content}} messages that does not end with a user turn, "
+                        'e.g. [{"role": "system", "content": "..."}]')
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 @dataclass
@@ -28,11 +83,11 @@ class SynthConfig:
 
     prompt: str = _f("", "prompt file: plain text, <USER>:/<AGENT>: transcript, or chat JSON")
     out: str = _f("runs/synth", "run directory (created; resumed when it exists)")
-    num_inputs: int = _f(32, "number of records (user inputs) to synthesize")
+    num_inputs: int = _f(32, "number of records (user inputs) to synthesize", at_least=1)
     seed_inputs: str = _f("", "optional file of real user inputs, one per line: used first, and shown to the model playing the user")
     exclude_run: str = _f("", "a run directory whose inputs this run must not repeat (to synthesize a held-out run)")
     inputs_only: bool = _f(False, "propose and screen user inputs only (e.g. held-out inputs for genpi eval): no answers, dialogues or reasons")
-    max_turns: int = _f(3, "agent turns per role-swapped dialogue at most")
+    max_turns: int = _f(3, "agent turns per role-swapped dialogue at most", at_least=1)
     end_pattern: str = _f("auto", "regex found in an agent turn's last line that ends the dialogue: auto (derived from the prompt's demonstrations), none, or a pattern")
     end_marker: str = _f("<END>", "text the environment writes when the dialogue is over")
     base_url: str = _f("", "OpenAI-compatible server URL (default: $OPENAI_BASE_URL, else the embedded local server)")
@@ -42,19 +97,24 @@ class SynthConfig:
     model: str = _f("default", "agent/teacher model served at --base-url (also the default for the roles below)")
     env_model: str = _f("", "model playing the user/environment side (default: --model)")
     synth_model: str = _f("", "model proposing inputs (playing the user) and writing reasons (default: --model)")
-    agent_temperature: float = _f(0.0, "sampling temperature of the agent, with and without the prompt (0 = greedy, as the paper decodes the teacher)")
-    env_temperature: float = _f(0.7, "sampling temperature of the user/environment side of dialogues")
-    inputs_temperature: float = _f(0.8, "sampling temperature of the model playing the user when it proposes inputs")
-    reason_temperature: float = _f(0.7, "sampling temperature of the reasons")
-    max_tokens: int = _f(192, "maximum new tokens of a dialogue turn; an agent turn cut off there ends its dialogue before it")
-    as_is_max_tokens: int = _f(96, "maximum new tokens of the AS-IS answer (context of prompt generation, never a target)")
-    reason_max_tokens: int = _f(96, "maximum new tokens of a reason (the paper asks for two or three sentences)")
-    concurrency: int = _f(8, "requests in flight at once")
-    timeout: float = _f(600.0, "seconds before one request times out (it is then retried)")
-    retries: int = _f(5, "attempts per request on 429, 5xx, timeouts and connection errors")
+    agent_temperature: float = _f(0.0, "sampling temperature of the agent, with and without the prompt (0 = greedy, as the paper decodes the teacher)", between=(0, 2))
+    env_temperature: float = _f(0.7, "sampling temperature of the user/environment side of dialogues", between=(0, 2))
+    inputs_temperature: float = _f(0.8, "sampling temperature of the model playing the user when it proposes inputs", between=(0, 2))
+    reason_temperature: float = _f(0.7, "sampling temperature of the reasons", between=(0, 2))
+    max_new_tokens: int = _f(192, "tokens of a dialogue turn at most; an agent turn cut off there ends its dialogue before it", at_least=1)
+    as_is_max_new_tokens: int = _f(96, "tokens of the AS-IS answer at most (context of prompt generation, never a target)", at_least=1)
+    reason_max_new_tokens: int = _f(96, "tokens of a reason at most (the paper asks for two or three sentences)", at_least=1)
+    concurrency: int = _f(8, "requests in flight at once", at_least=1)
+    timeout: float = _f(600.0, "seconds before one request times out (it is then retried)", at_least=1)
+    retries: int = _f(5, "attempts per request on 429, 5xx, timeouts and connection errors", at_least=1)
     seed: int = _f(0, "seed for the run: request seeds and ordering derive from it")
     overwrite: bool = _f(False, "discard an existing run directory whose config differs, instead of refusing")
     dry_run: bool = _f(False, "print the exact messages that would be sent for one input, send nothing")
+
+    def __post_init__(self):
+        _check(self)
+        if not self.end_marker.strip():
+            raise UserError("--end-marker must not be empty")
 
     def signature(self) -> dict:
         """The fields that decide a record's content: a resume must match them exactly."""
@@ -81,49 +141,74 @@ STRATEGIES = {
 }
 
 
+Strategy = Literal["genpi", "seqkd", "seqkd_kl", "genpi_kl", "prepend"]
+
+
 @dataclass
 class TrainConfig:
     """Training an adapter on a synthesis run: the GenPI joint loss, or a baseline, as a strategy preset."""
 
     data: str = _f("", "synthesis run directory (written by `genpi synth --out`)")
-    output: str = _f("adapters/genpi", "output directory: PEFT adapter, genpi.json, loss.png and checkpoints/")
-    strategy: str = _f("genpi", "preset of views and weights: " + ", ".join(STRATEGIES))
+    out: str = _f("adapters/genpi", "output directory: PEFT adapter, genpi.json, loss.png and checkpoints/")
+    strategy: Strategy = _f("genpi", "preset of views and weights (docs/TRAINING.md)")
     model: str = _f("default", "base model to train: the model that played the agent in synthesis")
-    w_sft: float | None = _f(None, "weight of the behaviour loss (default: the strategy's)")
-    w_pg: float | None = _f(None, "weight of the prompt-generation loss (default: the strategy's)")
-    w_kl: float | None = _f(None, "weight of the KL term to the prompted teacher (default: the strategy's)")
-    prepend_share: float | None = _f(None, "share of behaviour examples that keep the prompt in context (default: the strategy's)")
-    pg_share: float | None = _f(None, "share of records that also get a prompt-generation example (default: the strategy's)")
-    kl_beta: float = _f(0.0, "divergence of the KL term: 0 = forward KL(teacher||student) as in context distillation, 1 = reverse KL(student||teacher), between = generalized JSD")
-    kl_temperature: float = _f(1.0, "softmax temperature of both distributions in the KL term (the term is scaled by its square)")
-    student_context: str = _f("", "messages before each input at training and inference, as JSON (default none: the template's own)")
-    max_length: int = _f(2048, "tokens per example at most; a prompt-generation target must fit whole")
+    w_sft: float | None = _f(None, "weight of the behaviour loss (default: the strategy's)", at_least=0)
+    w_pg: float | None = _f(None, "weight of the prompt-generation loss (default: the strategy's)", at_least=0)
+    w_kl: float | None = _f(None, "weight of the KL term to the prompted teacher (default: the strategy's)", at_least=0)
+    prepend_share: float | None = _f(None, "share of behaviour examples that keep the prompt in context (default: the strategy's)", between=(0, 1))
+    pg_share: float | None = _f(None, "share of records that also get a prompt-generation example (default: the strategy's)", between=(0, 1))
+    kl_beta: float = _f(0.0, "divergence of the KL term: 0 = forward KL(teacher||student) as in context distillation, 1 = reverse KL(student||teacher), between = generalized JSD", between=(0, 1))
+    kl_temperature: float = _f(1.0, "softmax temperature of both distributions in the KL term (the term is scaled by its square)", at_least=1e-6)
+    student_context: list[dict] = _f([], "messages before each input at training and inference (default none: the template's own)")
+    max_length: int = _f(2048, "tokens per example at most; a prompt-generation target must fit whole", at_least=1)
     packing: bool = _f(True, "pack a batch's sequences into shared rows (block-diagonal attention) instead of padding each")
-    lora_r: int = _f(16, "LoRA rank")
-    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
-    lora_target: str = _f("all-linear", "modules that get LoRA: 'all-linear' (every linear layer but the head) or a comma list")
-    learning_rate: float = _f(1e-4, "peak learning rate")
+    lora_r: int = _f(16, "LoRA rank", at_least=1)
+    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r)", at_least=1)
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input", between=(0, 1))
+    lora_target: str | list[str] = _f("all-linear", "modules that get LoRA: all-linear (every linear layer but the head), or a list of module names (a comma list on the command line)")
+    learning_rate: float = _f(1e-4, "peak learning rate", at_least=0)
     lr_scheduler: str = _f("cosine", "learning-rate schedule (a transformers scheduler name)")
-    warmup_ratio: float = _f(0.03, "share of the steps spent warming up")
-    epochs: float = _f(3.0, "passes over the records")
+    warmup_ratio: float = _f(0.03, "share of the steps spent warming up", between=(0, 0.999))
+    epochs: float = _f(3.0, "passes over the records", at_least=0)
     max_steps: int = _f(-1, "optimizer steps in total; overrides --epochs when positive")
-    batch_size: int = _f(4, "records per device per micro-step (each gives a behaviour and a prompt-generation row)")
-    grad_accum: int = _f(1, "micro-steps per optimizer step")
-    precision: str = _f("auto", "auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16")
-    gradient_checkpointing: str = _f("auto", "auto (on with a GPU; on a CPU only when a batch's attention would fill 40% of the RAM), on or off")
-    logging_steps: int = _f(1, "optimizer steps between loss logs")
-    save_steps: int = _f(50, "optimizer steps between checkpoints")
-    save_total_limit: int = _f(2, "checkpoints kept")
-    resume: bool = _f(False, "continue from the last checkpoint in --output")
-    overwrite: bool = _f(False, "replace an existing --output instead of refusing")
+    batch_size: int = _f(4, "records per device per micro-step (each gives a behaviour and a prompt-generation row)", at_least=1)
+    grad_accum: int = _f(1, "micro-steps per optimizer step", at_least=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _f("auto", "auto: bf16 on a GPU that has it, else fp32")
+    activation_checkpointing: Literal["auto", "on", "off"] = _f("auto", "auto: on with a GPU; on a CPU only when a batch's attention would fill 40% of the RAM")
+    logging_steps: int = _f(1, "optimizer steps between loss logs", at_least=1)
+    save_steps: int = _f(50, "optimizer steps between checkpoints", at_least=1)
+    save_total_limit: int = _f(2, "checkpoints kept", at_least=1)
+    training_args: dict = _f({}, "other transformers TrainingArguments, passed through (e.g. {\"report_to\": \"wandb\"})")
+    callbacks: list = _f([], "transformers TrainerCallback objects (Python only)", cli=False)
+    resume: bool = _f(False, "continue from the last checkpoint in --out")
+    overwrite: bool = _f(False, "replace an existing --out instead of refusing")
     seed: int = _f(0, "seed for LoRA init, shuffling and the prepend selection")
     dry_run: bool = _f(False, "print one example of each view with its supervised spans in [[...]], train nothing")
 
+    def __post_init__(self):
+        if isinstance(self.lora_target, str) and self.lora_target != "all-linear":  # "q_proj,v_proj", as typed
+            self.lora_target = [t.strip() for t in self.lora_target.split(",") if t.strip()]
+        _check(self)
+        self.student_context = check_messages(self.student_context, "--student-context")
+        if not self.lora_target:
+            raise UserError("--lora-target is empty: give all-linear or module names such as q_proj,v_proj")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise UserError("--epochs is 0 and --max-steps is not set: give a positive --epochs or --max-steps")
+        weights = self.weights()
+        if not weights["w_sft"] + weights["w_pg"] + weights["w_kl"] > 0:
+            raise UserError("every loss weight is 0: give --w-sft, --w-pg or --w-kl a positive value")
+        from transformers.trainer_utils import SchedulerType
+
+        schedulers = [t.value for t in SchedulerType]
+        if self.lr_scheduler not in schedulers:
+            raise UserError(f"--lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(schedulers)}")
+        reserved = sorted(set(self.training_args) & _OWNED_TRAINING_ARGS)
+        if reserved:
+            raise UserError(f"--training-args sets {', '.join(reserved)}, which genpi sets from its own flags: "
+                            "use those flags instead")
+
     def weights(self) -> dict:
         """The strategy's preset with any weight given explicitly put over it."""
-        if self.strategy not in STRATEGIES:
-            raise UserError(f"unknown --strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
         out = dict(STRATEGIES[self.strategy])
         for key in out:
             if getattr(self, key) is not None:
@@ -132,9 +217,23 @@ class TrainConfig:
 
     def signature(self) -> dict:
         """The fields a resumed run must share with the run that wrote its checkpoints."""
-        keep = ("output", "resume", "overwrite", "dry_run", "epochs", "max_steps", "logging_steps", "save_steps",
-                "save_total_limit")
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in keep}
+        keep = ("out", "resume", "overwrite", "dry_run", "epochs", "max_steps", "logging_steps", "save_steps",
+                "save_total_limit", "callbacks", "training_args")
+        return {k: v for k, v in self.public().items() if k not in keep}
+
+    def public(self) -> dict:
+        """The settings as JSON (callbacks named by their class)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "callbacks"}
+        out["callbacks"] = [type(c).__name__ for c in self.callbacks]
+        return json.loads(json.dumps(out, default=str))
+
+
+# TrainingArguments that TrainConfig's own fields set: --training-args may not set them too.
+_OWNED_TRAINING_ARGS = {
+    "output_dir", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
+    "warmup_steps", "num_train_epochs", "max_steps", "bf16", "fp16", "activation_checkpointing",
+    "gradient_checkpointing", "logging_steps", "save_strategy", "save_steps", "save_total_limit", "seed", "max_length",
+}
 
 
 @dataclass
@@ -146,22 +245,25 @@ class EvalConfig:
     adapter: list[str] = _f([], "adapter directory from `genpi train`, answering without the prompt (repeatable)")
     baseline: list[str] = _f([], "adapter trained with another strategy, labelled by its strategy (repeatable)")
     out: str = _f("reports/eval", "output directory: report.json, report.png, outputs.jsonl")
-    model: str = _f("", "base model; empty = the adapters' base_model from genpi.json, else the embedded default")
+    model: str | None = _f(None, "base model (default: the adapters' base_model from genpi.json, else the embedded default)")
     train_run: str = _f("", "training run whose inputs must not be held out; empty = each adapter's source_run")
     overlap_check: bool = _f(True, "fail when a held-out input, normalised, is also a training input")
-    checker: str = _f("", "protocol checker scoring every reply: json, nonempty, regex:PATTERN, a JSON Schema file "
-                          "(.json) or FILE.py:FUNCTION; empty for none")
-    num_inputs: int = _f(0, "held-out inputs used, the first ones (0 = all)")
-    max_new_tokens: int = _f(128, "tokens generated per reply at most (greedy)")
+    checker: Any = _f("", "protocol checker scoring every reply: json, nonempty, regex:PATTERN, a JSON Schema file "
+                          "(.json), FILE.py:FUNCTION, or (Python) a callable; empty for none")
+    num_inputs: int = _f(0, "held-out inputs used, the first ones (0 = all)", at_least=0)
+    max_new_tokens: int = _f(128, "tokens generated per reply at most (greedy)", at_least=1)
     stop_strings: bool = _f(True, "end every system's reply where it starts writing the environment's words (the stop strings synthesis derives from the prompt)")
-    batch_size: int = _f(16, "requests decoded together (rows of the engine)")
-    multiturn_turns: int = _f(32, "agent turns of held-out dialogues replayed for multi-turn fidelity, at most (0 = skip)")
-    reconstruction_inputs: int = _f(2, "inputs on which each system is asked to write the prompt back (0 = skip)")
-    reconstruction_max_new_tokens: int = _f(0, "tokens per prompt reconstruction at most (0 = the prompt's length + 64)")
-    latency_inputs: int = _f(4, "inputs timed as lone requests, prompted and adapter in alternating order (0 = skip)")
-    noise_floor: float = _f(0.02, "a recovery ratio is undefined when |S_prompted - S_unprompted| is at most this")
-    bootstrap: int = _f(1000, "bootstrap resamples of the items for the recovery noise rule")
+    batch_size: int = _f(16, "requests decoded together (rows of the engine)", at_least=1)
+    multiturn_turns: int = _f(32, "agent turns of held-out dialogues replayed for multi-turn fidelity, at most (0 = skip)", at_least=0)
+    reconstruction_inputs: int = _f(2, "inputs on which each system is asked to write the prompt back (0 = skip)", at_least=0)
+    reconstruction_max_new_tokens: int = _f(0, "tokens per prompt reconstruction at most (0 = the prompt's length + 64)", at_least=0)
+    latency_inputs: int = _f(4, "inputs timed as lone requests, prompted and adapter in alternating order (0 = skip)", at_least=0)
+    noise_floor: float = _f(0.02, "a recovery ratio is undefined when |S_prompted - S_unprompted| is at most this", between=(0, 0.999))
+    bootstrap: int = _f(1000, "bootstrap resamples of the items for the recovery noise rule", at_least=1)
     seed: int = _f(0, "seed of the bootstrap")
+
+    def __post_init__(self):
+        _check(self)
 
 
 def _type_of(cls, f: dataclasses.Field):
@@ -172,21 +274,45 @@ def _type_of(cls, f: dataclasses.Field):
     return typ
 
 
+def _choice_type(choices: tuple):
+    return type(choices[0])
+
+
+def _json_arg(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg})") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per dataclass field, with the field's help and default."""
+    """Add one ``--flag`` per dataclass field, with the field's help, choices and default (said once)."""
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or not f.metadata.get("cli", True):
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         typ = _type_of(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help strings
+        if "(default" not in help_text and default not in ("", None, [], {}):
+            shown = ",".join(default) if isinstance(default, list) else default
+            help_text += f" (default: {shown})"
+        kwargs: dict = {"default": default, "help": help_text}
+        choices = _choices(typ)
         if typ is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif typing.get_origin(typ) is dict:
-            parser.add_argument(flag, type=json.loads, default=default, help=help_text + " (JSON)")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif choices:  # shown by argparse, checked by the config (one error format for CLI and Python users)
+            parser.add_argument(flag, type=_choice_type(choices), metavar="{" + ",".join(map(str, choices)) + "}",
+                                **kwargs)
+        elif typ is dict or typing.get_origin(typ) is dict or typing.get_args(typ) == (dict,):
+            parser.add_argument(flag, type=_json_arg, metavar="JSON", **kwargs)
+        elif typing.get_origin(typ) is list:  # a comma list on the command line
+            parser.add_argument(flag, type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+                                metavar="A,B", **kwargs)
+        elif typ is Any:
+            parser.add_argument(flag, type=str, **kwargs)
         else:
-            parser.add_argument(flag, type=typ, default=default, help=f"{help_text} (default: {default!r})")
+            parser.add_argument(flag, type=typ, **kwargs)
 
 
 def from_args(cls, args: argparse.Namespace):

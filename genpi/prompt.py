@@ -65,6 +65,25 @@ class AgentPrompt:
         content = f"{self.input_prefix}\n\n{user_input}" if self.input_prefix else user_input
         return [dict(m) for m in self.messages] + [{"role": "user", "content": content}]
 
+    def to_dict(self) -> dict:
+        """The prompt as stored in ``run.json`` (``from_dict`` reads it back, hash included)."""
+        return {"kind": self.kind, "messages": [dict(m) for m in self.messages], "input_prefix": self.input_prefix,
+                "text": self.text}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> "AgentPrompt":
+        """An :class:`AgentPrompt` from :meth:`to_dict`'s output; the text is re-rendered when it is missing."""
+        if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+            raise UserError(f"{source}: the stored prompt has no messages list")
+        messages = tuple({"role": m["role"], "content": m["content"]} for m in data["messages"])
+        kind, prefix, text = data.get("kind", "chat"), data.get("input_prefix", ""), data.get("text") or ""
+        if not text:
+            if kind == "text" and len(messages) == 1:
+                text = messages[0]["content"]
+            else:
+                text = render_transcript(messages) + (f"\n\n<USER>: {prefix}" if prefix else "")
+        return cls(messages=messages, kind=kind, source=source, input_prefix=prefix, _text=text)
+
     def token_length(self, tokenizer) -> int:
         """Tokens the prompt adds to every request under ``tokenizer``'s chat template."""
         with_prompt = tokenizer.apply_chat_template(self.teacher_messages("x"), tokenize=True)
@@ -79,6 +98,38 @@ def student_messages(user_input: str, context: list[dict] | None = None) -> list
     inference must use the same context, which is why it is recorded with every adapter.
     """
     return [dict(m) for m in (context or [])] + [{"role": "user", "content": user_input}]
+
+
+# --- prompt generation: the question training asks (GenPI's prompt-generation view) and eval asks again
+# (prompt reconstruction), and the answer it expects: the prompt's text, then the reason.
+
+PG_QUESTION = """Write the prompt that makes an assistant answer as in TO-BE instead of AS-IS, then explain why.
+
+Input:
+{input}
+
+AS-IS (the answer without the prompt):
+{as_is}
+
+TO-BE (the answer with the prompt):
+{to_be}"""
+_REASON_MARK = "Reason:"
+
+
+def pg_question(user_input: str, as_is: str, to_be: str) -> str:
+    """The prompt-generation user turn for one input and its answers without (AS-IS) and with (TO-BE) the prompt."""
+    return PG_QUESTION.format(input=user_input, as_is=as_is, to_be=to_be)
+
+
+def pg_answer(prompt_text: str, reason: str) -> str:
+    """The prompt-generation target: the prompt's text, then ``Reason: ...`` when there is a reason."""
+    return f"{prompt_text}\n\n{_REASON_MARK} {reason}" if reason else prompt_text
+
+
+def strip_reason(reply: str) -> str:
+    """A prompt-generation reply without its trailing ``Reason: ...`` part."""
+    cut = reply.rfind("\n" + _REASON_MARK)
+    return (reply[:cut] if cut >= 0 else reply).strip()
 
 
 def _ids(rendered) -> list[int]:

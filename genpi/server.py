@@ -1,8 +1,9 @@
 """The embedded server: an OpenAI-compatible ``/v1/chat/completions`` over genpi's engine, and the context
 manager that runs it as a child process.
 
-``python -m genpi.server --model DIR --port N [--adapter DIR ...]`` serves the model under the name it was given
-(and each adapter, merged into its own copy of the base, under its directory's name). Requests from concurrent
+``genpi serve --adapter DIR [--adapter DIR2 ...]`` (or ``python -m genpi.server``, or ``genpi.serve(...)``) serves
+the base model under the name it was given and each adapter, merged into its own copy of the base, under its
+directory's name, with the student context it was trained with put before every conversation. Requests from concurrent
 connections are gathered into batches by one engine thread; a prompt prefix shared by several requests is
 computed once (:mod:`genpi.engine`), and ``usage.prompt_tokens_details.cached_tokens`` says how many of a
 request's prompt tokens were reused.
@@ -210,7 +211,7 @@ def load_served(model_name: str, adapters: list[str], served_name: str | None = 
         with lock:
             return tokenizer.decode(ids, skip_special_tokens=True)
 
-    def serve(name, model, context=()):
+    def one(name, model, context=()):
         model.to(device).eval()
         cfg = model.generation_config
         sampled = bool(getattr(cfg, "do_sample", False))
@@ -221,14 +222,17 @@ def load_served(model_name: str, adapters: list[str], served_name: str | None = 
                       temperature=float(cfg.temperature or 1.0) if sampled else 0.0,
                       top_p=float(cfg.top_p or 1.0) if sampled else 1.0)
 
-    served = {served_name or model_name: serve(served_name or model_name, load_model(model_name))}
-    for path in adapters:
-        from genpi.export import read_adapter
-        from genpi.models import load_adapter
+    from genpi.adapter import read_adapter
+    from genpi.models import load_adapter
 
-        adapter_dir, _, meta = read_adapter(path)
+    served = {served_name or model_name: one(served_name or model_name, load_model(model_name))}
+    for path in adapters:
+        adapter_dir, _, info = read_adapter(path)
+        if adapter_dir.name in served:
+            raise UserError(f"--adapter {path}: another served model is already named {adapter_dir.name!r}; "
+                            "serve adapters from directories of different names")
         merged = load_adapter(load_model(model_name), adapter_dir).merge_and_unload()
-        served[adapter_dir.name] = serve(adapter_dir.name, merged, meta.get("student_context") or [])
+        served[adapter_dir.name] = one(adapter_dir.name, merged, info.student_context)
     return served
 
 
@@ -249,17 +253,47 @@ def serve_forever(served: dict[str, Served], host: str, port: int, log=None) -> 
     httpd.serve_forever()
 
 
+def serve(adapters: list[str | Path] = (), model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          rows: int = 16, served_name: str | None = None) -> None:
+    """Serve the base model and each adapter (merged) until SIGTERM or SIGINT.
+
+    ``model`` defaults to the adapters' base model (from their ``genpi.json``), else the embedded default.
+    """
+    from genpi.adapter import read_adapter
+    from genpi.models import resolve_model
+
+    bases = {read_adapter(a)[2].base_model or "default" for a in adapters}
+    if model is None:
+        if len(bases) > 1:
+            raise UserError(f"the adapters were trained on different base models ({', '.join(sorted(bases))}): "
+                            "serve them separately, or pass --model")
+        model = next(iter(bases), "default")
+    for base in bases:
+        if resolve_model(base) != resolve_model(model):
+            raise UserError(f"an adapter was trained on {base!r}, not --model {model!r}: serve it with its base model")
+    if port < 0 or rows < 1:
+        raise UserError("--port must be 0 or more and --rows at least 1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    serve_forever(load_served(model, [str(a) for a in adapters], served_name, rows), host, port)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The serving flags, shared by ``genpi serve`` and ``python -m genpi.server``."""
+    ap.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                    help="adapter directory from `genpi train`, served merged under its directory's name (repeatable)")
+    ap.add_argument("--model", default=None,
+                    help="base model: 'default', a directory or a Hub id (default: the adapters' base model)")
+    ap.add_argument("--served-name", default=None, help="name the base model answers to (default: --model)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    ap.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    ap.add_argument("--rows", type=int, default=16, help="requests decoded together at most (default: 16)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m genpi.server", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="default", help="base model: 'default', a directory or a Hub id")
-    ap.add_argument("--served-name", default=None, help="name the base model answers to (default: --model)")
-    ap.add_argument("--adapter", action="append", default=[], help="adapter directory to serve, merged (repeatable)")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--rows", type=int, default=16, help="requests decoded together at most")
+    add_arguments(ap)
     args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    serve_forever(load_served(args.model, args.adapter, args.served_name, args.rows), args.host, args.port)
+    serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name)
 
 
 # --- running it as a child process

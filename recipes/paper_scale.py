@@ -9,7 +9,7 @@ resumes, and the recipe keeps an adapter that is already trained):
 
     genpi run recipes/paper_scale.py --agent bash --base-url http://localhost:8000/v1 --only synth
     accelerate launch -m genpi train --data runs/paper-bash/train --strategy genpi \
-        --model meta-llama/Llama-3.1-8B-Instruct --max-length 4096 --grad-accum 4 --output runs/paper-bash/genpi
+        --model meta-llama/Llama-3.1-8B-Instruct --max-length 4096 --grad-accum 4 --out runs/paper-bash/genpi
     genpi run recipes/paper_scale.py --agent bash --base-url http://localhost:8000/v1   # trains seqkd, evaluates
 
 Not run in CI. The LoRA and optimizer settings are TrainConfig's defaults, which follow Shin et al. (NAACL 2025):
@@ -24,7 +24,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from genpi.config import EvalConfig, SynthConfig, TrainConfig
+from genpi import EvalConfig, SynthConfig, TrainConfig, evaluate, synthesize, train_resumably
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 AGENTS = {
@@ -35,14 +35,14 @@ AGENTS = {
 }
 
 # The paper's code decodes the teacher and the environment greedily, the inputs at 1.0 and the reasons at 0.7.
-SYNTH = SynthConfig(num_inputs=1000, max_turns=4, max_tokens=512, concurrency=32, agent_temperature=0.0,
+SYNTH = SynthConfig(num_inputs=1000, max_turns=4, max_new_tokens=512, concurrency=32, agent_temperature=0.0,
                     env_temperature=0.0, inputs_temperature=1.0, reason_temperature=0.7, seed=0, model=MODEL)
 TRAIN = TrainConfig(model=MODEL, epochs=3, batch_size=4, grad_accum=4, max_length=4096, precision="auto",
-                    gradient_checkpointing="auto", save_steps=100)
+                    activation_checkpointing="auto", save_steps=100)
 EVAL = EvalConfig(model=MODEL, max_new_tokens=512, batch_size=16, latency_inputs=32, reconstruction_inputs=16)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> Path | None:
     ap = argparse.ArgumentParser(description="genpi at paper scale on one example agent")
     ap.add_argument("--agent", choices=sorted(AGENTS), required=True)
     ap.add_argument("--base-url", required=True, help="OpenAI-compatible server serving the model (e.g. vLLM)")
@@ -52,28 +52,24 @@ def main(argv: list[str] | None = None) -> dict:
     agent = AGENTS[args.agent]
     out = Path(args.out or f"runs/paper-{args.agent}")
 
-    from genpi.eval.evaluate import evaluate
-    from genpi.synth.pipeline import synthesize
-    from genpi.train import train_resumably
-
     # --- synthesize: a training run, and a held-out run with another seed (and real held-out inputs if any)
     synth = dataclasses.replace(SYNTH, prompt=agent["prompt"], base_url=args.base_url)
-    synthesize(dataclasses.replace(synth, seed_inputs=agent["seeds"], out=str(out / "train")))
-    synthesize(dataclasses.replace(synth, seed_inputs=agent["heldout"], num_inputs=200, seed=1, out=str(out / "heldout"),
-                                    exclude_run=str(out / "train")))
+    synthesize(dataclasses.replace(synth, seed_inputs=agent["seeds"], out=out / "train"))
+    synthesize(dataclasses.replace(synth, seed_inputs=agent["heldout"], num_inputs=200, seed=1, out=out / "heldout",
+                                    exclude_run=out / "train"))
     if args.only == "synth":
-        return {}
+        return None
 
     # --- train: GenPI and the SeqKD baseline
     adapters = {}
     for strategy in ("genpi", "seqkd"):
-        cfg = dataclasses.replace(TRAIN, data=str(out / "train"), strategy=strategy, output=str(out / strategy))
+        cfg = dataclasses.replace(TRAIN, data=out / "train", strategy=strategy, out=out / strategy)
         adapters[strategy] = train_resumably(cfg)
 
     # --- evaluate
-    return evaluate(dataclasses.replace(EVAL, prompt=agent["prompt"], inputs=str(out / "heldout"),
-                                        checker=agent["checker"], adapter=[str(adapters["genpi"])],
-                                        baseline=[str(adapters["seqkd"])], out=str(out / "report")))
+    return evaluate(dataclasses.replace(EVAL, prompt=agent["prompt"], inputs=out / "heldout",
+                                        checker=agent["checker"], adapter=[adapters["genpi"]],
+                                        baseline=[adapters["seqkd"]], out=out / "report"))
 
 
 if __name__ == "__main__":  # the same as `genpi run recipes/paper_scale.py`: one-line errors, Ctrl-C resumes

@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from genpi.config import EvalConfig, SynthConfig, TrainConfig
+from genpi import EvalConfig, SynthConfig, TrainConfig, evaluate, synthesize, train_resumably
 
 AGENTS = {
     "bash": dict(prompt="examples/bash_agent.txt", seeds="", checker="examples/bash_agent.checks.py:protocol"),
@@ -27,7 +27,7 @@ AGENTS = {
 }
 
 # Two agent turns of 128 tokens: the 135M teacher that runs on past that is looping, and its turn is dropped.
-SYNTH = SynthConfig(num_inputs=32, max_turns=2, max_tokens=128, concurrency=16, seed=0)
+SYNTH = SynthConfig(num_inputs=32, max_turns=2, max_new_tokens=128, concurrency=16, seed=0)
 HELDOUT = SynthConfig(num_inputs=32, inputs_only=True, concurrency=16, seed=1)
 # Behaviour tokens are what the student lacks; the prompt text is the same in every prompt-generation target, so a
 # quarter of the records carry one (docs/TRAINING.md, measured in docs/RESULTS.md). A 135M model in ~40 steps
@@ -42,20 +42,16 @@ EVAL = EvalConfig(max_new_tokens=128, multiturn_turns=0, reconstruction_inputs=1
 SMOKE = dict(num_inputs=4, heldout_inputs=4, max_tokens=96, epochs=1)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict[str, Path]:
     ap = argparse.ArgumentParser(description="genpi proof: protocol recovery on the example agents")
     ap.add_argument("--agent", choices=sorted(AGENTS), action="append", help="example agent (repeatable; default both)")
     ap.add_argument("--out", default="runs/proof", help="directory for the runs, adapters and reports")
     ap.add_argument("--smoke", action="store_true", help="the CI size: a few minutes")
     args = ap.parse_args(argv)
 
-    from genpi.eval.evaluate import evaluate
-    from genpi.synth.pipeline import synthesize
-    from genpi.train import train_resumably
-
     synth, heldout, tcfg, ecfg = SYNTH, HELDOUT, TRAIN, EVAL
     if args.smoke:
-        synth = dataclasses.replace(synth, num_inputs=SMOKE["num_inputs"], max_tokens=SMOKE["max_tokens"])
+        synth = dataclasses.replace(synth, num_inputs=SMOKE["num_inputs"], max_new_tokens=SMOKE["max_tokens"])
         heldout = dataclasses.replace(heldout, num_inputs=SMOKE["heldout_inputs"])
         tcfg = dataclasses.replace(tcfg, epochs=SMOKE["epochs"])
         ecfg = dataclasses.replace(ecfg, max_new_tokens=SMOKE["max_tokens"], latency_inputs=0, bootstrap=200)
@@ -65,17 +61,17 @@ def main(argv: list[str] | None = None) -> dict:
         agent, out = AGENTS[name], Path(args.out) / name
 
         # --- synthesize
-        synthesize(dataclasses.replace(synth, prompt=agent["prompt"], seed_inputs=agent["seeds"], out=str(out / "train")))
-        synthesize(dataclasses.replace(heldout, prompt=agent["prompt"], out=str(out / "heldout"),
-                                       exclude_run=str(out / "train")))
+        synthesize(dataclasses.replace(synth, prompt=agent["prompt"], seed_inputs=agent["seeds"], out=out / "train"))
+        synthesize(dataclasses.replace(heldout, prompt=agent["prompt"], out=out / "heldout",
+                                       exclude_run=out / "train"))
 
         # --- train
-        adapter = train_resumably(dataclasses.replace(tcfg, data=str(out / "train"), output=str(out / "genpi")))
+        adapter = train_resumably(dataclasses.replace(tcfg, data=out / "train", out=out / "genpi"))
 
         # --- evaluate
-        reports[name] = evaluate(dataclasses.replace(ecfg, prompt=agent["prompt"], inputs=str(out / "heldout"),
-                                                     checker=agent["checker"], adapter=[str(adapter)],
-                                                     out=str(out / "report")))
+        reports[name] = evaluate(dataclasses.replace(ecfg, prompt=agent["prompt"], inputs=out / "heldout",
+                                                     checker=agent["checker"], adapter=[adapter],
+                                                     out=out / "report"))
     return reports
 
 

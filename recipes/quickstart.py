@@ -17,12 +17,12 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from genpi.config import EvalConfig, SynthConfig, TrainConfig
+from genpi import EvalConfig, SynthConfig, TrainConfig, evaluate, synthesize, train_resumably
 
 PROMPT = "examples/bash_agent.txt"
 
 SYNTH = SynthConfig(prompt=PROMPT, seed_inputs="examples/bash_agent.seeds.txt", num_inputs=16, max_turns=2,
-                    max_tokens=128, concurrency=16, seed=0)
+                    max_new_tokens=128, concurrency=16, seed=0)
 HELDOUT = SynthConfig(prompt=PROMPT, seed_inputs="examples/bash_agent.heldout.txt", num_inputs=16, inputs_only=True,
                       concurrency=16, seed=1)
 # The paper's learning rate (1e-4, TrainConfig's default) is for hundreds of steps on a 7-8B model; these ~24
@@ -40,38 +40,34 @@ EVAL = EvalConfig(prompt=PROMPT, checker="examples/bash_agent.checks.py:protocol
 SMOKE = dict(train_inputs=4, heldout_inputs=2, max_tokens=96, epochs=1)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description="genpi quick start: synth -> train -> eval on the bash example")
     ap.add_argument("--out", default="runs/quickstart", help="directory for the runs, adapters and report")
     ap.add_argument("--smoke", action="store_true", help="the CI size: a few minutes")
     args = ap.parse_args(argv)
     out = Path(args.out)
 
-    from genpi.eval.evaluate import evaluate
-    from genpi.synth.pipeline import synthesize
-    from genpi.train import train_resumably
-
     synth, heldout, tcfg, ecfg = SYNTH, HELDOUT, TRAIN, EVAL
     if args.smoke:
-        synth = dataclasses.replace(synth, num_inputs=SMOKE["train_inputs"], max_tokens=SMOKE["max_tokens"])
+        synth = dataclasses.replace(synth, num_inputs=SMOKE["train_inputs"], max_new_tokens=SMOKE["max_tokens"])
         heldout = dataclasses.replace(heldout, num_inputs=SMOKE["heldout_inputs"])
         tcfg = dataclasses.replace(tcfg, epochs=SMOKE["epochs"])
         ecfg = dataclasses.replace(ecfg, max_new_tokens=SMOKE["max_tokens"], latency_inputs=2, reconstruction_inputs=1,
                                    reconstruction_max_new_tokens=SMOKE["max_tokens"], bootstrap=200)
 
     # --- synthesize
-    synthesize(dataclasses.replace(synth, out=str(out / "train")))
-    synthesize(dataclasses.replace(heldout, out=str(out / "heldout"), exclude_run=str(out / "train")))
+    synthesize(dataclasses.replace(synth, out=out / "train"))
+    synthesize(dataclasses.replace(heldout, out=out / "heldout", exclude_run=out / "train"))
 
     # --- train
     adapters = {}
     for strategy in ("genpi", "seqkd"):
-        cfg = dataclasses.replace(tcfg, data=str(out / "train"), strategy=strategy, output=str(out / "adapters" / strategy))
+        cfg = dataclasses.replace(tcfg, data=out / "train", strategy=strategy, out=out / "adapters" / strategy)
         adapters[strategy] = train_resumably(cfg)
 
     # --- evaluate
-    return evaluate(dataclasses.replace(ecfg, inputs=str(out / "heldout"), adapter=[str(adapters["genpi"])],
-                                        baseline=[str(adapters["seqkd"])], out=str(out / "report")))
+    return evaluate(dataclasses.replace(ecfg, inputs=out / "heldout", adapter=[adapters["genpi"]],
+                                        baseline=[adapters["seqkd"]], out=out / "report"))
 
 
 if __name__ == "__main__":  # the same as `genpi run recipes/quickstart.py`: one-line errors, Ctrl-C resumes

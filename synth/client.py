@@ -118,7 +118,7 @@ def public_url(url: str) -> str:
         name = parts.hostname and (f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname)
         host = name and name + (f":{parts.port}" if parts.port else "")
     except ValueError:
-        raise UserError(f"--base-url is not a valid URL: give one such as http://localhost:8000/v1") from None
+        raise UserError("--base-url is not a valid URL: give one such as http://localhost:8000/v1") from None
     if not host:
         return url.split("?", 1)[0].split("#", 1)[0]
     return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -9,14 +9,12 @@ accepted when it is also no duplicate of an input so far (or of a demonstrated t
 
 from __future__ import annotations
 
-import math
 import random
 import re
 
 from genpi.errors import UserError
 from genpi.prompt import AgentPrompt
 from genpi.synth import episodes as episodes_
-from genpi.synth import roles
 from genpi.synth.dedup import Deduplicator, normalize
 from genpi.synth.store import RunStore, stable_id
 

@@ -6,11 +6,12 @@ once. Rerunning the same command skips every finished id.
 
 A dialogue ends when the task ends (an agent turn matches the end pattern, or the environment writes the end
 marker), after ``max_turns`` agent turns, or before an agent turn that cannot be trained on: one cut off by
-``max_tokens`` or empty is dropped (kept in ``meta.dropped``) with everything after it.
+``max_new_tokens`` or empty is dropped (kept in ``meta.dropped``) with everything after it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -28,7 +29,7 @@ from genpi.prompt import AgentPrompt, load_prompt
 from genpi.synth import episodes, roles
 from genpi.synth.client import ChatClient, ChatResult, OpenAIChatClient, public_url
 from genpi.synth.inputs import gather_inputs, rejection_counts
-from genpi.synth.store import RunStore, stable_id
+from genpi.synth.store import RunInfo, RunStore, stable_id
 
 FINISHES = ("end", "max_turns", "truncated", "empty", "error")
 
@@ -83,7 +84,7 @@ class Synthesizer:
         if self.stopped.is_set():
             raise InterruptedError("the run was interrupted")
         kwargs = {"stop": stop} if stop else {}
-        r = self.client.chat(messages, model=model, temperature=temperature, max_tokens=max_tokens or self.config.max_tokens,
+        r = self.client.chat(messages, model=model, temperature=temperature, max_tokens=max_tokens or self.config.max_new_tokens,
                              seed=self._seed(*parts), **kwargs)
         self.usage.add(r)
         if stop:  # servers that ignore `stop` leave the other side's words in the reply
@@ -97,7 +98,7 @@ class Synthesizer:
         messages = roles.user_messages(self.prompt, examples)
         try:
             # A request is a sentence or two: a proposal that runs on is cut at 128 tokens and rejected.
-            max_tokens = min(self.config.max_tokens, 128)
+            max_tokens = min(self.config.max_new_tokens, 128)
             return self._chat(messages, self.models.synth, self.config.inputs_temperature, "input", call,
                               max_tokens=max_tokens), ""
         except UserError:
@@ -119,14 +120,14 @@ class Synthesizer:
                "meta": {"error": "", "env_raw": [], "finish_reasons": [], "dropped": []}}
         try:
             as_is = self._side(lambda: self._chat(roles.as_is_messages(user_input), self.models.agent,
-                                                  c.agent_temperature, record_id, "as_is", max_tokens=c.as_is_max_tokens))
+                                                  c.agent_temperature, record_id, "as_is", max_tokens=c.as_is_max_new_tokens))
             reason = []
 
             def after_first_turn(to_be: str) -> None:
                 rec["as_is"] = as_is.result().text
                 messages = roles.reason_messages(self.prompt, user_input, rec["as_is"], to_be)
                 reason.append(self._side(lambda: self._chat(messages, self.models.synth, c.reason_temperature, record_id,
-                                                            "reason", max_tokens=c.reason_max_tokens)))
+                                                            "reason", max_tokens=c.reason_max_new_tokens)))
 
             rec["finish"] = self._dialogue(rec, after_first_turn)
             rec["as_is"] = as_is.result().text
@@ -335,21 +336,14 @@ def read_seeds(path: str) -> list[str]:
 
 
 def _validate(c: SynthConfig) -> None:
+    """What a run needs beyond valid values (checked by the config itself)."""
     if not c.prompt:
         raise UserError("no prompt given: pass --prompt FILE")
-    for name in ("num_inputs", "max_turns", "max_tokens", "as_is_max_tokens", "reason_max_tokens", "concurrency", "retries"):
-        if getattr(c, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
-    for name in ("agent_temperature", "env_temperature", "inputs_temperature", "reason_temperature"):
-        if not 0 <= getattr(c, name) <= 2:
-            raise UserError(f"--{name.replace('_', '-')} must be between 0 and 2, got {getattr(c, name)}")
-    if not c.end_marker.strip():
-        raise UserError("--end-marker must not be empty")
     excluded_inputs(c.exclude_run)  # fails now, before the run directory is made, if it is not a run
 
 
-def synthesize(config: SynthConfig, client: ChatClient | None = None, console=None) -> list[dict]:
-    """Run (or resume) a synthesis into ``config.out`` and return its records.
+def synthesize(config: SynthConfig, client: ChatClient | None = None, console=None) -> Path:
+    """Run (or resume) a synthesis into ``config.out`` and return that directory (``load_run`` reads it).
 
     Args:
         config: the run's settings.
@@ -366,13 +360,13 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
     seeds = read_seeds(config.seed_inputs)
     if config.dry_run:
         dry_run(prompt, config, seeds)
-        return []
+        return Path(config.out)
     console = console or Console()
     store = RunStore(config.out)
     signature = {**config.signature(), "prompt_hash": prompt.hash, "templates": roles.templates_signature()}
     info = store.open(signature, overwrite=config.overwrite)
-    if not info:  # written before anything can fail (a server that will not start), so the rerun resumes
-        info = {"genpi_version": __version__, "signature": signature}
+    if info is None:  # written before anything can fail (a server that will not start), so the rerun resumes
+        info = RunInfo(signature=signature, genpi_version=__version__)
         store.write_info(info)
 
     with ExitStack() as stack:
@@ -393,19 +387,12 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
                                       retries=config.retries)
         models = Roles(agent=served, env=config.env_model or served, synth=config.synth_model or served)
         syn = Synthesizer(prompt, config, client, models, end_pattern=end_pattern, stops=episodes.stop_strings(prompt))
-        info.update({
-            "genpi_version": __version__,
-            "prompt_path": str(config.prompt),
-            "prompt_hash": prompt.hash,
-            "prompt": {"kind": prompt.kind, "messages": list(prompt.messages), "input_prefix": prompt.input_prefix,
-                       "text": prompt.text},
-            "endpoint": endpoint,
-            "models": asdict(models),
-            "end_pattern": end_pattern,
-            "stop": syn.stops,
-            "config": {**config.public(), "base_url": public_url(config.base_url) if config.base_url else ""},
-            "signature": signature,
-        })
+        info = dataclasses.replace(
+            info, genpi_version=__version__, prompt_path=str(config.prompt), prompt_hash=prompt.hash,
+            prompt=prompt.to_dict(), endpoint=endpoint, models=asdict(models), end_pattern=end_pattern,
+            stop=syn.stops, config={**config.public(), "base_url": public_url(config.base_url) if config.base_url else ""},
+            signature=signature,
+        )
         store.write_info(info)
 
         start = time.monotonic()
@@ -416,9 +403,8 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
 
     retries = getattr(client, "retry_count", 0)
     n = counts(records, store)
-    info["counts"] = {"inputs": len(inputs), **n}
-    runs = info.setdefault("runs", [])
-    runs.append({"new_records": new, "seconds": round(elapsed, 2), "calls": syn.usage.calls, "retries": retries,
+    info.counts = {"inputs": len(inputs), **n}
+    info.runs.append({"new_records": new, "seconds": round(elapsed, 2), "calls": syn.usage.calls, "retries": retries,
                  "prompt_tokens": syn.usage.prompt_tokens, "cached_prompt_tokens": syn.usage.cached_tokens,
                  "completion_tokens": syn.usage.completion_tokens})
     store.write_info(info)
@@ -427,4 +413,4 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
         console.print(f"[yellow]only {len(inputs)} usable distinct inputs after {config.num_inputs * 6} proposals at most: "
                       "the model playing the user repeats itself or leaves its role (see the rejections in "
                       "inputs.jsonl); add --seed-inputs, or raise --inputs-temperature[/yellow]")
-    return records
+    return store.dir

@@ -11,9 +11,16 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from genpi.errors import UserError
+from genpi.prompt import AgentPrompt, load_prompt
+
+if TYPE_CHECKING:
+    import datasets
 
 RUN_FILE = "run.json"
 INPUTS_FILE = "inputs.jsonl"
@@ -70,6 +77,68 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class RunInfo:
+    """``run.json``: what a synthesis run was made from and what it made. This class is the one reader and writer.
+
+    Attributes:
+        signature: the settings a resume must match (``SynthConfig.signature`` plus the prompt hash and templates).
+        prompt_path, prompt_hash, prompt: the prompt file, its hash, and the prompt itself
+            (:meth:`AgentPrompt.to_dict`), so the run stays usable when the file moves or changes.
+        endpoint, models: where the dialogues came from (credentials stripped) and which model played each role.
+        end_pattern, stop: how dialogues ended and the stop strings of each role.
+        config: the settings, without the API key.
+        counts: what became of the inputs and dialogues (finishes, dropped turns, rejected inputs).
+        runs: one entry per invocation: new records, seconds, calls, prompt tokens computed and reused.
+    """
+
+    signature: dict = field(default_factory=dict)
+    genpi_version: str = ""
+    prompt_path: str = ""
+    prompt_hash: str = ""
+    prompt: dict = field(default_factory=dict)
+    endpoint: str = ""
+    models: dict = field(default_factory=dict)
+    end_pattern: str = ""
+    stop: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    runs: list = field(default_factory=list)
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> "RunInfo":
+        path = Path(run_dir) / RUN_FILE
+        if not path.is_file():
+            raise UserError(f"{run_dir} is not a synthesis run (no {RUN_FILE}): run `genpi synth --out {run_dir}` first")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise UserError(f"{path} is not valid JSON: delete the run directory or pass --overwrite") from None
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})  # keys of later versions are left out
+
+    def write(self, run_dir: str | Path) -> None:
+        write_json_atomic(Path(run_dir) / RUN_FILE, asdict(self))
+
+    def agent_prompt(self) -> AgentPrompt:
+        """The run's prompt: the original file when it is still there unchanged, else the stored one.
+
+        The file is preferred because it keeps the prompt's exact text (what prompt generation learns to write);
+        the stored prompt has that text too since it is written, older runs re-render it from the messages.
+        """
+        if self.prompt_path and Path(self.prompt_path).is_file():
+            prompt = load_prompt(self.prompt_path)
+            if prompt.hash == self.prompt_hash:
+                return prompt
+        if not self.prompt:
+            raise UserError(f"{RUN_FILE} has no prompt and its prompt file is gone or changed: rerun `genpi synth`")
+        prompt = AgentPrompt.from_dict(self.prompt, source=self.prompt_path or RUN_FILE)
+        if self.prompt_hash and prompt.hash != self.prompt_hash:
+            raise UserError(f"the prompt in {RUN_FILE} does not match its prompt_hash {self.prompt_hash}: "
+                            "the run directory is damaged")
+        return prompt
+
+
 class RunStore:
     """A run directory: open it for a config signature, then append inputs and records."""
 
@@ -80,28 +149,25 @@ class RunStore:
     def run_file(self) -> Path:
         return self.dir / RUN_FILE
 
-    def open(self, signature: dict, overwrite: bool = False) -> dict:
+    def open(self, signature: dict, overwrite: bool = False) -> RunInfo | None:
         """Create the run, or check that an existing one was made with the same signature.
 
-        Returns the existing ``run.json`` content (empty for a new run).
+        Returns the existing ``run.json`` (None for a new run).
         """
         if self.dir.exists() and not self.dir.is_dir():
             raise UserError(f"--out {self.dir} is a file: choose a directory path")
-        info = {}
+        info = None
         if self.run_file.exists():
-            try:
-                info = json.loads(self.run_file.read_text(encoding="utf-8"))
-            except ValueError:
-                raise UserError(f"{self.run_file} is not valid JSON: delete the run directory or pass --overwrite") from None
-            if info.get("signature") != signature:
+            info = RunInfo.read(self.dir)
+            if info.signature != signature:
                 if not overwrite:
-                    changed = _diff_keys(info.get("signature") or {}, signature)
+                    changed = _diff_keys(info.signature or {}, signature)
                     raise UserError(
                         f"{self.dir} was made with a different config ({', '.join(changed)} changed): "
                         "rerun with the same settings to resume, pass --overwrite to start over, or choose another --out"
                     )
                 shutil.rmtree(self.dir)
-                info = {}
+                info = None
         elif self.dir.exists() and any(self.dir.iterdir()) and not overwrite:
             raise UserError(f"--out {self.dir} exists and is not a genpi run: choose another directory or pass --overwrite")
         try:
@@ -110,8 +176,8 @@ class RunStore:
             raise UserError(f"cannot create --out {self.dir} ({e.strerror}): choose a directory path you can write") from None
         return info
 
-    def write_info(self, info: dict) -> None:
-        write_json_atomic(self.run_file, info)
+    def write_info(self, info: RunInfo) -> None:
+        info.write(self.dir)
 
     def inputs(self) -> list[dict]:
         return read_jsonl(self.dir / INPUTS_FILE)
@@ -163,7 +229,12 @@ def load_inputs(run_dir: str | Path) -> list[dict]:
     return [a for call in rows for a in call.get("accepted", [])]
 
 
-def load_run(run_dir: str | Path):
+def read_records(run_dir: str | Path) -> list[dict]:
+    """A run's records as plain dicts, in the order they were written (``load_run`` gives a ``Dataset``)."""
+    return RunStore(run_dir).records()
+
+
+def load_run(run_dir: str | Path) -> tuple[RunInfo, "datasets.Dataset"]:
     """Load a synthesis run: ``(run_info, records)`` with ``records`` a ``datasets.Dataset``.
 
     This is the one documented call for using a run directory as a Hugging Face dataset; it goes through
@@ -173,7 +244,7 @@ def load_run(run_dir: str | Path):
     run_file, records_file = run_dir / RUN_FILE, run_dir / RECORDS_FILE
     if not run_file.exists() or not records_file.exists():
         raise UserError(f"{run_dir} is not a synthesis run (no run.json/records.jsonl): run `genpi synth --out {run_dir}` first")
-    info = json.loads(run_file.read_text(encoding="utf-8"))
+    info = RunInfo.read(run_dir)
     data = records_file.read_bytes()
     if not data or data.endswith(b"\n"):
         return info, _json_dataset(records_file)

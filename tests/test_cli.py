@@ -19,20 +19,38 @@ def test_top_level_help(capsys):
     assert "synth" in out and "examples:" in out
 
 
+# The one place where --help is tested: each subcommand's usage, its examples, and the flags a user looks for.
+FLAGS = {
+    "synth": ("--prompt", "--base-url", "--num-inputs", "--max-turns", "--concurrency", "--seed", "--dry-run",
+              "--overwrite", "--max-new-tokens"),
+    "train": ("--data", "--out", "--strategy", "--training-args", "--activation-checkpointing"),
+    "export": ("--adapter", "--out", "--merge"),
+    "eval": ("--adapter", "--baseline", "--checker", "--inputs", "--no-overlap-check", "--latency-inputs"),
+    "serve": ("--adapter", "--model", "--port"),
+}
+
+
 @pytest.mark.parametrize("command", _subcommands())
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0
-    assert "usage: genpi " + command in capsys.readouterr().out
-
-
-def test_synth_help_lists_its_flags(capsys):
-    with pytest.raises(SystemExit):
-        main(["synth", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--prompt", "--base-url", "--num-inputs", "--max-turns", "--concurrency", "--seed", "--dry-run", "--overwrite"):
-        assert flag in out
+    assert "usage: genpi " + command in out
+    if command in FLAGS:
+        assert f"genpi {command} --" in out  # the examples epilog
+        for flag in FLAGS[command]:
+            assert flag in out
+    assert "(default: None)" not in out and out.count("(default:") == out.count("default:")  # each default once
+
+
+def test_a_choice_field_lists_its_choices_and_a_wrong_one_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "{genpi,seqkd,seqkd_kl,genpi_kl,prepend}" in capsys.readouterr().out
+    assert main(["train", "--data", "r", "--strategy", "nope"]) == 2
+    assert capsys.readouterr().err.strip() == ("genpi: error: unknown --strategy 'nope': choose one of genpi, seqkd, "
+                                               "seqkd_kl, genpi_kl, prepend")
 
 
 def test_unknown_flag_fails(capsys):

@@ -65,13 +65,13 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(setup):
-    from genpi.eval.evaluate import evaluate
+    from genpi.eval.evaluate import evaluate, read_report
 
     config = EvalConfig(prompt=str(setup["root"] / "prompt.txt"), inputs=str(setup["held"]), adapter=[str(setup["adapter"])],
                         baseline=[str(setup["baseline"])], out=str(setup["root"] / "report"), checker=BASH_CHECKS,
                         max_new_tokens=12, batch_size=2, multiturn_turns=2, reconstruction_inputs=1,
                         reconstruction_max_new_tokens=12, latency_inputs=1, bootstrap=200)
-    returned = evaluate(config)
+    returned = read_report(evaluate(config))  # the output directory
     on_disk = json.loads((setup["root"] / "report" / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(returned))
     return on_disk
@@ -151,11 +151,11 @@ def test_a_broken_adapter_is_a_user_error(setup, tmp_path):
 
     from genpi.errors import UserError
     from genpi.eval.generation import Generator
-    from genpi.eval.systems import read_adapter
+    from genpi.eval.systems import adapter_system
 
     broken = tmp_path / "broken"
     shutil.copytree(setup["adapter"], broken)
     weights = broken / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
     with pytest.raises(UserError, match=r"cannot load adapter .*broken"):
-        Generator("default", [read_adapter(broken, "adapter")])
+        Generator("default", [adapter_system(broken, "adapter")])

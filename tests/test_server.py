@@ -94,3 +94,44 @@ def _quiet(fn):
         fn()
     except Exception:
         pass
+
+
+def test_genpi_serve_answers_as_each_adapter_with_the_openai_client(smol_path, tmp_path):
+    """`genpi serve --adapter DIR`: the base model and the adapter (merged) side by side on one endpoint."""
+    import openai
+    from eval_fixtures import make_adapter
+
+    from genpi.models import load_model
+    from genpi.server import free_port
+
+    adapter = make_adapter(tmp_path / "bash", load_model("default"), seed=3,
+                           extra={"student_context": [{"role": "system", "content": "You answer in one line."}]})
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "genpi", "serve", "--adapter", str(adapter), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                served = [m.id for m in client.models.list().data]
+                break
+            except openai.APIConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.5)
+        assert served == ["default", "bash"]  # the base under its name, the adapter under its directory's
+        ask = lambda model: client.chat.completions.create(  # noqa: E731
+            model=model, max_tokens=16, temperature=0, messages=[{"role": "user", "content": "List the files in /tmp."}])
+        base, internalized = ask("default"), ask("bash")
+        assert base.choices[0].message.content and internalized.choices[0].message.content
+        assert internalized.choices[0].message.content != base.choices[0].message.content  # the adapter answers
+        from genpi.models import load_tokenizer
+
+        context = [{"role": "system", "content": "You answer in one line."}, {"role": "user", "content": "List the files in /tmp."}]
+        with_context = load_tokenizer("default").apply_chat_template(context, add_generation_prompt=True, tokenize=True)
+        ids = with_context["input_ids"] if hasattr(with_context, "keys") else with_context
+        assert internalized.usage.prompt_tokens == len(ids)  # its student context, not the template's default one
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) is not None

@@ -11,7 +11,7 @@ from genpi.synth import episodes, roles
 from genpi.synth.client import ChatResult, FakeChatClient
 from genpi.synth.dedup import Deduplicator
 from genpi.synth.pipeline import synthesize
-from genpi.synth.store import load_run, read_jsonl
+from genpi.synth.store import load_run, read_jsonl, read_records
 
 BASH = "examples/bash_agent.txt"
 PLAIN = "tests/prompts/invoice_extractor.txt"  # a plain system prompt, no demonstrations
@@ -65,7 +65,7 @@ def test_agent_sees_prompt_then_dialogue():
 
 def test_dialogue_relays_agent_message_to_environment(tmp_path):
     fake = FakeChatClient(end_after=2)
-    records = synthesize(cfg(tmp_path, num_inputs=2), client=fake)
+    records = read_records(synthesize(cfg(tmp_path, num_inputs=2), client=fake))
     env_calls = [c for c in fake.calls if "[ROLE PLAY]" in c["messages"][0]["content"]]
     assert env_calls
     for rec in records:
@@ -78,7 +78,7 @@ def test_dialogue_relays_agent_message_to_environment(tmp_path):
 
 
 def test_max_turns_stops_dialogue(tmp_path):
-    records = synthesize(cfg(tmp_path, num_inputs=2, max_turns=2), client=FakeChatClient(end_after=99))
+    records = read_records(synthesize(cfg(tmp_path, num_inputs=2, max_turns=2), client=FakeChatClient(end_after=99)))
     for rec in records:
         assert rec["finish"] == "max_turns"
         assert [m["role"] for m in rec["dialogue"]] == ["user", "assistant", "user", "assistant"]
@@ -103,7 +103,7 @@ class RepeatingClient(FakeChatClient):
 
 
 def test_repeating_synth_model_ends_with_fewer_inputs(tmp_path):
-    records = synthesize(cfg(tmp_path, num_inputs=5), client=RepeatingClient())
+    records = read_records(synthesize(cfg(tmp_path, num_inputs=5), client=RepeatingClient()))
     assert len(records) == 1
     calls = read_jsonl(tmp_path / "run" / "inputs.jsonl")
     assert sum(len(c["accepted"]) for c in calls) == 1
@@ -115,20 +115,20 @@ def test_records_have_the_documented_shape_and_load_as_dataset(tmp_path):
     info, ds = load_run(tmp_path / "run")
     assert len(ds) == 6
     assert set(ds.column_names) == {"id", "index", "input", "as_is", "to_be", "reason", "dialogue", "finish", "meta"}
-    assert info["prompt_hash"] == load_prompt(BASH).hash
-    assert info["counts"]["records"] == 6
+    assert info.prompt_hash == load_prompt(BASH).hash
+    assert info.counts["records"] == 6
     assert sorted(ds["index"]) == list(range(6))
 
 
 def test_resume_after_torn_write_produces_exactly_the_missing_records(tmp_path):
     c = cfg(tmp_path)
-    first = synthesize(c, client=FakeChatClient())
+    first = read_records(synthesize(c, client=FakeChatClient()))
     path = tmp_path / "run" / "records.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
     kept = lines[:3]
     path.write_bytes(b"".join(kept) + lines[3][: len(lines[3]) // 2])  # a kill in the middle of a write
     fake = FakeChatClient()
-    again = synthesize(c, client=fake)
+    again = read_records(synthesize(c, client=fake))
     rows = [json.loads(l) for l in path.read_text().splitlines()]
     assert len(rows) == 6 and len({r["id"] for r in rows}) == 6
     assert {r["id"] for r in rows} == {r["id"] for r in first} == {r["id"] for r in again}
@@ -147,7 +147,7 @@ def test_rerun_of_a_finished_run_sends_nothing(tmp_path):
 
 def test_more_inputs_on_rerun_extends_the_run(tmp_path):
     synthesize(cfg(tmp_path, num_inputs=3), client=FakeChatClient())
-    records = synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient())
+    records = read_records(synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient()))
     assert len(records) == 6 and len({r["id"] for r in records}) == 6
 
 
@@ -155,7 +155,7 @@ def test_changed_config_refuses_to_resume(tmp_path):
     synthesize(cfg(tmp_path), client=FakeChatClient())
     with pytest.raises(UserError, match="different config \\(max_turns changed\\)"):
         synthesize(cfg(tmp_path, max_turns=4), client=FakeChatClient())
-    records = synthesize(cfg(tmp_path, max_turns=4, overwrite=True), client=FakeChatClient())
+    records = read_records(synthesize(cfg(tmp_path, max_turns=4, overwrite=True), client=FakeChatClient()))
     assert len(records) == 6
 
 
@@ -169,7 +169,7 @@ def test_changed_prompt_refuses_to_resume(tmp_path):
 
 
 def test_failed_generation_is_kept_with_its_error(tmp_path):
-    records = synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient(fail_every=7))
+    records = read_records(synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient(fail_every=7)))
     errors = [r for r in records if r["finish"] == "error"]
     assert errors and all("injected failure" in r["meta"]["error"] for r in errors)
     assert len(records) == 6
@@ -188,7 +188,7 @@ def test_dry_run_prints_messages_and_writes_nothing(tmp_path, capsys):
 def test_seed_inputs_come_first_and_are_shown_to_the_model_playing_the_user(tmp_path):
     fake = FakeChatClient()
     seeds = [l for l in open("examples/bash_agent.seeds.txt").read().splitlines() if l.strip()]
-    records = synthesize(cfg(tmp_path, num_inputs=len(seeds) + 2, seed_inputs="examples/bash_agent.seeds.txt"), client=fake)
+    records = read_records(synthesize(cfg(tmp_path, num_inputs=len(seeds) + 2, seed_inputs="examples/bash_agent.seeds.txt"), client=fake))
     by_index = sorted(records, key=lambda r: r["index"])
     assert [r["input"] for r in by_index[: len(seeds)]] == seeds
     proposals = [c["messages"] for c in fake.calls if c["messages"][-1]["content"] == roles.NEXT_REQUEST]
@@ -225,7 +225,7 @@ def test_read_jsonl_refuses_a_corrupt_middle_line(tmp_path):
 def test_plain_prompt_records(tmp_path):
     p = tmp_path / "p.txt"
     p.write_text("You answer in JSON.")
-    records = synthesize(cfg(tmp_path, prompt=str(p), num_inputs=3), client=FakeChatClient())
+    records = read_records(synthesize(cfg(tmp_path, prompt=str(p), num_inputs=3), client=FakeChatClient()))
     assert len(records) == 3 and all(r["reason"] for r in records)
     assert parse_prompt("You answer in JSON.").hash == json.loads((tmp_path / "run" / "run.json").read_text())["prompt_hash"]
 
@@ -233,9 +233,9 @@ def test_plain_prompt_records(tmp_path):
 def test_exclude_run_makes_a_disjoint_held_out_run(tmp_path):
     from genpi.synth.dedup import normalize
 
-    train = synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient())
+    train = read_records(synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient()))
     held_cfg = SynthConfig(prompt=BASH, out=str(tmp_path / "held"), num_inputs=4, exclude_run=str(tmp_path / "run"))
-    held = synthesize(held_cfg, client=FakeChatClient())
+    held = read_records(synthesize(held_cfg, client=FakeChatClient()))
     assert len(held) == 4
     assert not {normalize(r["input"]) for r in held} & {normalize(r["input"]) for r in train}
     with pytest.raises(UserError, match="--exclude-run"):
@@ -244,10 +244,10 @@ def test_exclude_run_makes_a_disjoint_held_out_run(tmp_path):
 
 
 def test_rerun_retries_failed_records_and_keeps_the_failures(tmp_path):
-    first = synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient(fail_every=7))
+    first = read_records(synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient(fail_every=7)))
     failed = {r["id"] for r in first if r["finish"] == "error"}
     assert failed
-    again = synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient())
+    again = read_records(synthesize(cfg(tmp_path, num_inputs=6), client=FakeChatClient()))
     assert len(again) == 6 and not [r for r in again if r["finish"] == "error"]
     rows = read_jsonl(tmp_path / "run" / "records.jsonl")
     assert len(rows) == 6 and len({r["id"] for r in rows}) == 6
@@ -268,13 +268,13 @@ def test_failing_input_calls_are_kept_and_a_round_of_only_failures_is_one_clear_
     calls = read_jsonl(tmp_path / "run" / "inputs.jsonl")
     assert calls and all("overloaded" in c["error"] for c in calls)
     # the run is resumable: the same command with a working server completes it
-    assert len(synthesize(cfg(tmp_path), client=FakeChatClient())) == 6
+    assert len(read_records(synthesize(cfg(tmp_path), client=FakeChatClient()))) == 6
 
 
 def test_the_same_seed_gives_the_same_run(tmp_path):
-    a = synthesize(cfg(tmp_path / "a", seed=3), client=FakeChatClient())
-    b = synthesize(cfg(tmp_path / "b", seed=3), client=FakeChatClient())
-    c = synthesize(cfg(tmp_path / "c", seed=4), client=FakeChatClient())
+    a = read_records(synthesize(cfg(tmp_path / "a", seed=3), client=FakeChatClient()))
+    b = read_records(synthesize(cfg(tmp_path / "b", seed=3), client=FakeChatClient()))
+    c = read_records(synthesize(cfg(tmp_path / "c", seed=4), client=FakeChatClient()))
     key = lambda rows: sorted((r["id"], r["input"], r["to_be"], json.dumps(r["dialogue"])) for r in rows)
     assert key(a) == key(b)
     assert [r["input"] for r in sorted(a, key=lambda r: r["index"])] != [r["input"] for r in sorted(c, key=lambda r: r["index"])]
@@ -300,7 +300,7 @@ def test_a_failed_server_start_leaves_a_run_the_same_command_resumes(tmp_path, m
     with pytest.raises(UserError, match="exited with code 1"):
         synthesize(cfg(tmp_path))
     assert (tmp_path / "run" / "run.json").exists()
-    assert len(synthesize(cfg(tmp_path), client=FakeChatClient())) == 6  # not "exists and is not a genpi run"
+    assert len(read_records(synthesize(cfg(tmp_path), client=FakeChatClient()))) == 6  # not "exists and is not a genpi run"
 
 
 def test_load_run_leaves_a_run_being_written_untouched(tmp_path):

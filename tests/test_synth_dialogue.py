@@ -9,6 +9,7 @@ from genpi.errors import UserError
 from genpi.synth import roles
 from genpi.synth.client import ChatResult, FakeChatClient
 from genpi.synth.pipeline import synthesize
+from genpi.synth.store import read_records
 
 BASH = "examples/bash_agent.txt"
 
@@ -57,7 +58,7 @@ BASH_STEP = ("Think: look.\nAct: bash\n```bash\nls /tmp\n```", "stop")
 
 def test_the_derived_end_pattern_ends_the_dialogue_without_asking_the_environment(tmp_path):
     fake = ScriptedAgent([BASH_STEP, ("Think: done.\nAct: answer(3)", "stop")])
-    records = synthesize(cfg(tmp_path), client=fake)
+    records = read_records(synthesize(cfg(tmp_path), client=fake))
     for r in records:
         assert r["finish"] == "end"
         assert [m["role"] for m in r["dialogue"]] == ["user", "assistant", "user", "assistant"]
@@ -69,9 +70,9 @@ def test_the_derived_end_pattern_ends_the_dialogue_without_asking_the_environmen
 
 def test_end_pattern_none_and_a_custom_pattern(tmp_path):
     script = [BASH_STEP, ("Think: done.\nAct: answer(3)", "stop")]
-    records = synthesize(cfg(tmp_path / "a", end_pattern="none", max_turns=3), client=ScriptedAgent(script))
+    records = read_records(synthesize(cfg(tmp_path / "a", end_pattern="none", max_turns=3), client=ScriptedAgent(script)))
     assert all(r["finish"] == "max_turns" for r in records)
-    records = synthesize(cfg(tmp_path / "b", end_pattern=r"^```$"), client=ScriptedAgent(script))  # the fence line
+    records = read_records(synthesize(cfg(tmp_path / "b", end_pattern=r"^```$"), client=ScriptedAgent(script)))  # the fence line
     assert all(r["finish"] == "end" and len(r["dialogue"]) == 2 for r in records)
     with pytest.raises(UserError, match="--end-pattern .* is not a valid regular expression"):
         synthesize(cfg(tmp_path / "c", end_pattern="Act: answer("), client=FakeChatClient())
@@ -79,7 +80,7 @@ def test_end_pattern_none_and_a_custom_pattern(tmp_path):
 
 def test_a_cut_off_agent_turn_ends_the_dialogue_before_it_and_is_kept_only_in_meta(tmp_path):
     cut = "Think: I copy.\nAct: bash\n```bash\ncp -r /srv/a /sr"
-    records = synthesize(cfg(tmp_path), client=ScriptedAgent([BASH_STEP, (cut, "length")]))
+    records = read_records(synthesize(cfg(tmp_path), client=ScriptedAgent([BASH_STEP, (cut, "length")])))
     for r in records:
         assert r["finish"] == "truncated"
         assert [m["role"] for m in r["dialogue"]] == ["user", "assistant", "user"]
@@ -92,7 +93,7 @@ def test_a_cut_off_agent_turn_ends_the_dialogue_before_it_and_is_kept_only_in_me
 
 def test_a_cut_off_or_empty_first_turn_leaves_a_record_without_agent_turn_or_reason(tmp_path):
     for name, script, finish in (("a", [("Think: I", "length")], "truncated"), ("b", [("  \n", "stop")], "empty")):
-        records = synthesize(cfg(tmp_path / name), client=ScriptedAgent(script))
+        records = read_records(synthesize(cfg(tmp_path / name), client=ScriptedAgent(script)))
         for r in records:
             assert r["finish"] == finish and r["dialogue"] == [{"role": "user", "content": r["input"]}]
             assert r["to_be"] == "" and r["reason"] == ""
@@ -101,7 +102,7 @@ def test_a_cut_off_or_empty_first_turn_leaves_a_record_without_agent_turn_or_rea
 
 
 def test_end_markers_never_reach_the_dialogue(tmp_path):
-    records = synthesize(cfg(tmp_path, end_pattern="none"), client=ScriptedAgent([("Think: all set.\nAct: finish <END>", "stop")]))
+    records = read_records(synthesize(cfg(tmp_path, end_pattern="none"), client=ScriptedAgent([("Think: all set.\nAct: finish <END>", "stop")])))
     for r in records:
         assert r["finish"] == "end"
         assert r["dialogue"][1]["content"] == "Think: all set.\nAct: finish"
@@ -137,7 +138,7 @@ def test_temperatures_out_of_range_are_user_errors(tmp_path, key):
 def test_each_side_stops_where_it_starts_writing_the_other_sides_words(tmp_path):
     hallucinated = "Think: count.\nAct: bash\n```bash\nls | wc -l\n```\nThe output of the OS:\n17"
     fake = ScriptedAgent([(hallucinated, "stop"), ("Think: done.\nAct: answer(17)", "stop")])
-    records = synthesize(cfg(tmp_path), client=fake)
+    records = read_records(synthesize(cfg(tmp_path), client=fake))
     agent_stops = {tuple(c["stop"]) for c in fake.calls if _role(c["messages"]) == "agent"}
     env_stops = {tuple(c["stop"]) for c in fake.calls if _role(c["messages"]) == "env"}
     assert agent_stops == {("The output of the OS:", "My problem is:")} and env_stops == {("\nAct:", "\nThink:")}
@@ -156,5 +157,5 @@ def test_inputs_only_makes_a_held_out_set_without_records(tmp_path):
     assert {_role(c["messages"]) for c in fake.calls} == {"input"}
     held = load_heldout(tmp_path / "run")
     assert len(held.items) == 5 and all(it.input and not it.dialogue for it in held.items)
-    records = synthesize(cfg(tmp_path, num_inputs=5), client=FakeChatClient())  # the same run, now with records
+    records = read_records(synthesize(cfg(tmp_path, num_inputs=5), client=FakeChatClient()))  # now with records
     assert sorted(r["input"] for r in records) == sorted(it.input for it in held.items)

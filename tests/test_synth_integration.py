@@ -24,7 +24,7 @@ def test_embedded_server_makes_complete_records(prompt, tmp_path, smol_path):
     few = tmp_path / "seeds.txt"
     few.write_text("\n".join(open(seeds).read().splitlines()[:3]) + "\n")
     config = SynthConfig(prompt=prompt, out=str(tmp_path / "run"), num_inputs=5, seed_inputs=str(few), max_turns=2,
-                         max_tokens=128, concurrency=8, seed=1)
+                         max_new_tokens=128, concurrency=8, seed=1)
     synthesize(config)
 
     info, ds = load_run(tmp_path / "run")
@@ -36,8 +36,8 @@ def test_embedded_server_makes_complete_records(prompt, tmp_path, smol_path):
         assert "<END>" not in json.dumps(r["dialogue"])
     calls = [json.loads(l) for l in open(tmp_path / "run" / "inputs.jsonl")]
     assert any(c["call"] >= 0 for c in calls), "the model playing the user was asked for inputs"
-    assert info["endpoint"] == "embedded genpi server"
-    run = info["runs"][-1]
+    assert info.endpoint == "embedded genpi server"
+    run = info.runs[-1]
     assert run["cached_prompt_tokens"] > run["prompt_tokens"] / 2  # the agent's prompt is computed once, not per call
     assert not _server_pids(tmp_path / "run")  # the server was stopped
 
@@ -45,7 +45,7 @@ def test_embedded_server_makes_complete_records(prompt, tmp_path, smol_path):
 def _start_synth(out, num_inputs=40):
     # The child sets its own signal handling: started from a background shell, SIGINT would be ignored.
     return subprocess.Popen([sys.executable, "-m", "genpi", "synth", "--prompt", "examples/bash_agent.txt",
-                             "--out", str(out), "--num-inputs", str(num_inputs), "--max-tokens", "64"],
+                             "--out", str(out), "--num-inputs", str(num_inputs), "--max-new-tokens", "64"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

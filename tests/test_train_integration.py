@@ -13,7 +13,8 @@ import torch
 import train_fixtures as fx
 
 from genpi.cli import main
-from genpi.data import GenPICollator, build_examples
+from genpi.training.collator import GenPICollator
+from genpi.training.views import build_examples
 from genpi.prompt import AgentPrompt
 
 pytestmark = pytest.mark.integration
@@ -22,20 +23,18 @@ pytestmark = pytest.mark.integration
 def _trainer(tmp_path, examples, tokenizer, *, steps=1, lr=1e-4, **weights):
     from datasets import Dataset
     from peft import LoraConfig
-    from trl import SFTConfig
-
     from genpi.models import load_model
-    from genpi.trainer import GenPITrainer
+    from genpi.training.trainer import GenPIConfig, GenPITrainer
 
-    args = SFTConfig(output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=len(examples), max_steps=steps,
-                     learning_rate=lr, lr_scheduler_type="constant", bf16=False, activation_checkpointing=False,
-                     remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, report_to="none",
-                     logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False, use_cpu=True)
+    # A plain TRL script: GenPIConfig is an SFTConfig with the loss weights.
+    args = GenPIConfig(output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=len(examples), max_steps=steps,
+                       learning_rate=lr, lr_scheduler_type="constant", bf16=False, report_to="none", logging_steps=1,
+                       save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False, use_cpu=True, **weights)
     # No LoRA dropout: on CPU its random masks cost as much as the matmuls, and nothing here depends on it.
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     return GenPITrainer(model=load_model("default"), args=args, train_dataset=Dataset.from_list(examples),
                         data_collator=GenPICollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                        peft_config=lora, **weights)
+                        peft_config=lora)
 
 
 def _logits(model, ids):
@@ -47,7 +46,7 @@ def _logits(model, ids):
 def test_the_tiny_model_keeps_packed_sequences_apart(smol_path):
     """A false "no" here silently trains on padded rows: 1.4-1.7x slower, and wide padded rows exhaust RAM."""
     from genpi.models import load_model
-    from genpi.trainer import packing_works
+    from genpi.training.trainer import packing_works
 
     model = load_model("default")
     model.train()  # the state the trainer calls it in
@@ -106,7 +105,7 @@ def test_kl_is_zero_for_identical_views_positive_with_the_prompt_and_packing_cha
 
     # A trained adapter moves the student but not the teacher: the teacher is the base model (adapter disabled).
     from genpi.models import load_model
-    from genpi.trainer import scored_positions
+    from genpi.training.trainer import scored_positions
 
     with torch.no_grad():
         for name, param in trainer.model.named_parameters():
@@ -128,7 +127,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     run = fx.write_run(root / "run")
     out = root / "adapter"
-    flags = ["train", "--data", str(run), "--output", str(out), "--strategy", "genpi_kl", "--batch-size", "1",
+    flags = ["train", "--data", str(run), "--out", str(out), "--strategy", "genpi_kl", "--batch-size", "1",
              "--max-length", "384", "--learning-rate", "1e-3", "--save-steps", "1", "--save-total-limit", "5",
              "--lora-dropout", "0"]
     assert main(flags + ["--max-steps", "2"]) == 0
@@ -179,7 +178,7 @@ def test_merged_export_gives_the_adapter_logits(trained, tmp_path):
 
     _, out, _ = trained
     merged_dir = tmp_path / "merged"
-    assert main(["export", "--adapter", str(out), "--merge", "--output", str(merged_dir)]) == 0
+    assert main(["export", "--adapter", str(out), "--merge", "--out", str(merged_dir)]) == 0
     assert not list(merged_dir.glob("adapter_*"))
     ids = torch.tensor([[1, 9690, 198, 22503, 314, 253, 5356, 30, 2, 198, 1, 4093, 198]])
     adapter_logits = _logits(load_adapter(load_model("default"), out), ids)
@@ -189,6 +188,7 @@ def test_merged_export_gives_the_adapter_logits(trained, tmp_path):
     assert json.loads((merged_dir / "genpi.json").read_text())["merged"] is True
 
 
+@pytest.mark.slow  # two training processes under accelerate launch
 def test_two_process_accelerate_launch_saves_one_adapter(tmp_path):
     run = fx.write_run(tmp_path / "run", fx.records(4))
     out = tmp_path / "adapter"
@@ -197,7 +197,7 @@ def test_two_process_accelerate_launch_saves_one_adapter(tmp_path):
     # --multi_gpu picks the torchrun launcher; without a GPU, genpi joins the processes in a gloo group.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genpi", "train", "--data", str(run),
-           "--output", str(out), "--strategy", "genpi", "--batch-size", "1", "--max-steps", "2", "--max-length", "384",
+           "--out", str(out), "--strategy", "genpi", "--batch-size", "1", "--max-steps", "2", "--max-length", "384",
            "--save-steps", "2", "--lora-dropout", "0"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -211,7 +211,7 @@ def test_two_process_accelerate_launch_saves_one_adapter(tmp_path):
 def test_lora_targets_the_model_lacks_are_a_one_line_error(tmp_path, capsys):
     run = fx.write_run(tmp_path / "run")
     out = tmp_path / "adapter"
-    assert main(["train", "--data", str(run), "--output", str(out), "--lora-target", "q_proj,qkv_fused",
+    assert main(["train", "--data", str(run), "--out", str(out), "--lora-target", "q_proj,qkv_fused",
                  "--max-steps", "1", "--max-length", "384"]) == 2
     last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]  # after the model-loading progress bar
     assert last.startswith("genpi: error: --lora-target: the model has no module named qkv_fused")

@@ -14,9 +14,9 @@ import train_fixtures as fx
 
 from genpi.cli import build_parser, main
 from genpi.config import STRATEGIES, TrainConfig, from_args, from_dict
-from genpi.data import build_examples
+from genpi.training.views import build_examples
 from genpi.errors import UserError
-from genpi.trainer import generalized_jsd, packing_works, scored_positions
+from genpi.training.trainer import generalized_jsd, packing_works, scored_positions
 
 
 def test_presets_follow_the_paper_and_flags_override_them():
@@ -63,7 +63,7 @@ def test_generalized_jsd_endpoints_symmetry_and_bounds():
 
 def test_kl_term_defaults_to_forward_kl_scaled_by_t_squared():
     from genpi.config import TrainConfig
-    from genpi.trainer import kl_term
+    from genpi.training.trainer import kl_term
 
     assert TrainConfig().kl_beta == 0.0  # context distillation's forward KL(teacher || student)
     torch.manual_seed(0)
@@ -105,17 +105,8 @@ def test_packing_check_tells_models_that_keep_sequences_apart():
     assert not packing_works(_CumsumLM(honours_positions=False))
 
 
-@pytest.mark.parametrize("command", ["train", "export"])
-def test_help_of_each_training_command(command, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([command, "--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
-    assert f"genpi {command} --" in out  # the examples epilog
-
-
 def test_export_of_a_directory_without_adapter_is_a_user_error(tmp_path, capsys):
-    assert main(["export", "--adapter", str(tmp_path), "--output", str(tmp_path / "o"), "--merge"]) == 2
+    assert main(["export", "--adapter", str(tmp_path), "--out", str(tmp_path / "o"), "--merge"]) == 2
     assert "has no adapter_config.json" in capsys.readouterr().err
 
 
@@ -140,7 +131,7 @@ def test_output_is_protected_and_resume_needs_a_checkpoint(tmp_path, capsys, smo
     out = tmp_path / "adapter"
     out.mkdir()
     (out / "something").write_text("x")
-    base = ["train", "--data", str(run), "--output", str(out), "--max-length", "512"]
+    base = ["train", "--data", str(run), "--out", str(out), "--max-length", "512"]
     assert main(base) == 2
     assert "is not empty: pass --resume" in capsys.readouterr().err
     assert main(base + ["--resume"]) == 2
@@ -151,9 +142,9 @@ def test_resume_with_changed_settings_is_refused(tmp_path, capsys, smol_tokenize
     run = fx.write_run(tmp_path / "run")
     out = tmp_path / "adapter"
     (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    config = TrainConfig(data=str(run), output=str(out), max_length=512)
+    config = TrainConfig(data=str(run), out=str(out), max_length=512)
     (out / "checkpoints" / "genpi_train.json").write_text(json.dumps(config.signature()))
-    assert main(["train", "--data", str(run), "--output", str(out), "--max-length", "512", "--w-pg", "0.9",
+    assert main(["train", "--data", str(run), "--out", str(out), "--max-length", "512", "--w-pg", "0.9",
                  "--resume"]) == 2
     assert "trained with different settings (w_pg)" in capsys.readouterr().err
 
@@ -161,7 +152,7 @@ def test_resume_with_changed_settings_is_refused(tmp_path, capsys, smol_tokenize
 def test_dry_run_prints_the_views_and_trains_nothing(tmp_path, capsys, smol_tokenizer):
     run = fx.write_run(tmp_path / "run")
     out = tmp_path / "adapter"
-    assert main(["train", "--data", str(run), "--output", str(out), "--strategy", "genpi_kl", "--max-length", "512",
+    assert main(["train", "--data", str(run), "--out", str(out), "--strategy", "genpi_kl", "--max-length", "512",
                  "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "[[Act: bash ls /data/set0 | wc -l<|im_end|>]]" in printed
@@ -171,7 +162,7 @@ def test_dry_run_prints_the_views_and_trains_nothing(tmp_path, capsys, smol_toke
 
 def test_a_model_that_cannot_be_loaded_is_a_one_line_error(tmp_path, capsys):
     run = fx.write_run(tmp_path / "run")
-    assert main(["train", "--data", str(run), "--output", str(tmp_path / "a"), "--model", "nobody/no-such-model",
+    assert main(["train", "--data", str(run), "--out", str(tmp_path / "a"), "--model", "nobody/no-such-model",
                  "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("genpi: error: cannot load --model nobody/no-such-model") and err.count("\n") == 1
@@ -180,7 +171,7 @@ def test_a_model_that_cannot_be_loaded_is_a_one_line_error(tmp_path, capsys):
 def test_auto_checkpointing_turns_on_when_a_cpu_batch_would_fill_the_ram(smol_tokenizer):
     from rich.console import Console
 
-    from genpi.train import _precision, attention_memory
+    from genpi.training.run import _precision, attention_memory
 
     examples, _ = build_examples(smol_tokenizer, fx.records(), fx.prompt(), max_length=384)
     need = attention_memory(examples, 4, 384, layers=30, heads=9)
@@ -191,6 +182,6 @@ def test_auto_checkpointing_turns_on_when_a_cpu_batch_would_fill_the_ram(smol_to
     console = Console(file=io.StringIO())
     assert _precision(config, examples, console, total_memory=3 * need)[2] is False  # threshold: 40% of RAM
     assert _precision(config, examples, console, total_memory=need)[2] is True
-    assert "gradient checkpointing on" in console.file.getvalue()
-    off = dataclasses.replace(config, gradient_checkpointing="off")
+    assert "activation checkpointing on" in console.file.getvalue()
+    off = dataclasses.replace(config, activation_checkpointing="off")
     assert _precision(off, examples, console, total_memory=need)[2] is False

@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 import train_fixtures as fx
 
-from genpi.data import (
+from genpi.errors import UserError
+from genpi.synth.store import RunInfo
+from genpi.training.collator import GenPICollator
+from genpi.training.run import load_training_run
+from genpi.training.views import (
     BEHAVIOUR,
     IGNORE,
     PROMPT_GENERATION,
-    GenPICollator,
     build_examples,
-    load_training_run,
     prompt_generation_view,
-    prompt_of_run,
     render_with_labels,
     supervised_ids,
 )
-from genpi.errors import UserError
 
 
 def supervised_runs(tokenizer, ids, labels) -> list[str]:
@@ -243,12 +243,13 @@ def test_run_directory_loads_through_the_store(tmp_path):
 
 def test_prompt_is_rebuilt_from_run_json_when_its_file_is_gone(tmp_path):
     run = fx.write_run(tmp_path / "run", keep_prompt_file=False)
-    info, prompt, _ = load_training_run(run)
+    _, prompt, _ = load_training_run(run)
     assert prompt.hash == fx.prompt().hash
     assert "You are ShellBot" in prompt.text and prompt.text.endswith("<USER>: Task:")
-    info["prompt"]["messages"][0]["content"] = "tampered"
+    info = RunInfo.read(run)
+    info.prompt["messages"][0]["content"] = "tampered"
     with pytest.raises(UserError, match="does not match its prompt_hash"):
-        prompt_of_run(info)
+        info.agent_prompt()
 
 
 def test_missing_run_directory_is_a_user_error(tmp_path):

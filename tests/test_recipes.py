@@ -1,4 +1,4 @@
-"""The quick start recipe at its CI size: synth -> train -> eval on the real tiny model, through `genpi run`."""
+"""The recipes at their CI size: synth -> train -> eval on the real tiny model, through `genpi run`."""
 
 import json
 
@@ -39,3 +39,14 @@ def test_quickstart_smoke_report_has_every_system_and_metric(tmp_path, smol_path
         meta = json.loads((out / "adapters" / strategy / "genpi.json").read_text())
         assert meta["strategy"] == strategy
 
+
+
+@pytest.mark.slow  # two agents end to end (about 10 minutes)
+def test_proof_smoke_reports_protocol_recovery_for_both_agents(tmp_path, smol_path):
+    out = tmp_path / "proof"
+    assert main(["run", "recipes/proof.py", "--smoke", "--out", str(out)]) == 0
+    for agent in ("bash", "support"):
+        report = json.loads((out / agent / "report" / "report.json").read_text())
+        assert list(report["systems"]) == ["prompted", "unprompted", "genpi:genpi"]
+        assert "protocol" in report["systems"]["genpi:genpi"]["metrics"]
+        assert "protocol" in report["recovery"]["genpi:genpi"]

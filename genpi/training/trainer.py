@@ -6,7 +6,7 @@
   tokens, so a long prompt-generation target does not drown the behaviour loss (or the reverse).
 * Logits are computed only where a label is supervised (``logits_to_keep`` with a boolean mask), never for the
   whole ``(batch, length, vocab)`` block.
-* Rows may hold several packed sequences (see :class:`genpi.data.GenPICollator`); ``task`` and ``seq`` say, per
+* Rows may hold several packed sequences (see :class:`genpi.training.collator.GenPICollator`); ``task`` and ``seq`` say, per
   position, which loss a label feeds and which example it belongs to.
 * The KL term (forward ``KL(teacher || student)`` by default, times ``T²``) compares the student with the same PEFT
   model with its adapter disabled, fed the teacher view (the prompt, then the same dialogue). The two views supervise the same token ids in the same order within each
@@ -16,12 +16,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from trl import SFTTrainer
+from trl import SFTConfig, SFTTrainer
 
-from genpi.data import BEHAVIOUR, IGNORE, PROMPT_GENERATION
+from genpi.training.views import BEHAVIOUR, IGNORE, PROMPT_GENERATION
 
 
 def scored_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -60,28 +61,48 @@ def kl_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: fl
     return generalized_jsd(student_logits, teacher_logits, beta, temperature) * temperature**2
 
 
-class GenPITrainer(SFTTrainer):
-    """``SFTTrainer`` whose loss is the GenPI joint loss over batches from :class:`genpi.data.GenPICollator`.
+@dataclass
+class GenPIConfig(SFTConfig):
+    """TRL's ``SFTConfig`` plus the GenPI loss, as TRL's own trainers carry theirs (``GKDConfig``, ``DPOConfig``).
 
-    Args:
-        w_sft, w_pg, w_kl: weights of the behaviour, prompt-generation and KL terms.
-        kl_beta, kl_temperature: the divergence of the KL term (0 = forward KL, see :func:`kl_term`) and its
-            temperature.
-        Everything else goes to ``SFTTrainer``. Pass ``remove_unused_columns=False`` and
-        ``dataset_kwargs={"skip_prepare_dataset": True}`` in its config: the views are tokenized already.
+    The views are tokenized already (``genpi.training.views.build_examples``), so the defaults keep every column
+    and skip TRL's dataset preparation. Every other ``TrainingArguments`` field (``report_to``, ``save_steps``,
+    ...) works as in any TRL script.
+    """
+
+    w_sft: float = field(default=1.0, metadata={"help": "weight of the behaviour loss"})
+    w_pg: float = field(default=0.0, metadata={"help": "weight of the prompt-generation loss"})
+    w_kl: float = field(default=0.0, metadata={"help": "weight of the KL term to the prompted teacher"})
+    kl_beta: float = field(default=0.0, metadata={"help": "0 = forward KL(teacher||student), 1 = reverse, between = JSD"})
+    kl_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the KL term (scaled by T²)"})
+    remove_unused_columns: bool = False
+    # TRL turns the deprecated alias on by default; left unset, transformers' `activation_checkpointing` decides.
+    gradient_checkpointing: bool | None = None
+    dataset_kwargs: dict | None = field(default_factory=lambda: {"skip_prepare_dataset": True})
+
+
+class GenPITrainer(SFTTrainer):
+    """``SFTTrainer`` whose loss is the GenPI joint loss over batches from
+    :class:`genpi.training.collator.GenPICollator`, with its weights in a :class:`GenPIConfig`::
+
+        trainer = GenPITrainer(model=model, args=GenPIConfig(output_dir="out", w_sft=0.7, w_pg=0.3),
+                               train_dataset=Dataset.from_list(examples), peft_config=LoraConfig(...),
+                               data_collator=GenPICollator(tokenizer.pad_token_id), processing_class=tokenizer)
     """
 
     # `compute_loss` returns per-micro-batch means, so `Trainer` must divide by the accumulation steps itself.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, w_sft: float = 1.0, w_pg: float = 0.0, w_kl: float = 0.0, kl_beta: float = 0.0,
-                 kl_temperature: float = 1.0, **kwargs):
+    def __init__(self, *args, **kwargs):
         from genpi.models import quiet_peft
 
         with quiet_peft():  # SFTTrainer wraps the model with PEFT, which reads a deprecated attribute
             super().__init__(*args, **kwargs)
-        self.w_sft, self.w_pg, self.w_kl = float(w_sft), float(w_pg), float(w_kl)
-        self.kl_beta, self.kl_temperature = float(kl_beta), float(kl_temperature)
+        if not isinstance(self.args, GenPIConfig):
+            raise TypeError("GenPITrainer takes its loss weights from args: pass a GenPIConfig")
+        a = self.args
+        self.w_sft, self.w_pg, self.w_kl = float(a.w_sft), float(a.w_pg), float(a.w_kl)
+        self.kl_beta, self.kl_temperature = float(a.kl_beta), float(a.kl_temperature)
         if self.w_kl and not hasattr(self.accelerator.unwrap_model(self.model), "disable_adapter"):
             raise ValueError("the KL term needs a PEFT model: its teacher is the same model with the adapter disabled")
 

@@ -1,4 +1,4 @@
-"""``train(config)``: a synthesis run in, a PEFT adapter with ``genpi.json`` and ``loss.png`` out.
+"""The training run: a synthesis run in, a PEFT adapter with ``genpi.json`` and ``loss.png`` out.
 
 The CLI, recipes and tests all call this one function. It runs unchanged under ``accelerate launch`` (DDP, FSDP,
 DeepSpeed): every process builds the same views; only the main process writes files and prints.
@@ -14,53 +14,34 @@ import time
 from pathlib import Path
 
 from genpi import __version__
+from genpi.adapter import GENPI_FILE, AdapterInfo
 from genpi.config import TrainConfig
 from genpi.errors import UserError
+from genpi.prompt import AgentPrompt
 
-GENPI_FILE = "genpi.json"
 CHECKPOINTS = "checkpoints"
 SIGNATURE_FILE = "genpi_train.json"
 LOSS_KEYS = ("loss/sft", "loss/pg", "loss/kl")
 
 
-def _validate(c: TrainConfig) -> dict:
-    weights = c.weights()
-    if not c.data:
-        raise UserError("no synthesis run given: pass --data RUN_DIR (the --out of `genpi synth`)")
-    for key in ("w_sft", "w_pg", "w_kl"):
-        if weights[key] < 0:
-            raise UserError(f"--{key.replace('_', '-')} is {weights[key]}: loss weights must be 0 or more")
-    if not weights["w_sft"] + weights["w_pg"] + weights["w_kl"] > 0:
-        raise UserError("every loss weight is 0: give --w-sft, --w-pg or --w-kl a positive value")
-    for key in ("prepend_share", "pg_share"):
-        if not 0.0 <= weights[key] <= 1.0:
-            raise UserError(f"--{key.replace('_', '-')} is {weights[key]}: give a share between 0 and 1")
-    if c.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UserError(f"--precision {c.precision!r}: choose auto, fp32, bf16 or fp16")
-    if c.gradient_checkpointing not in ("auto", "on", "off"):
-        raise UserError(f"--gradient-checkpointing {c.gradient_checkpointing!r}: choose auto, on or off")
-    for name in ("max_length", "batch_size", "grad_accum", "lora_r", "save_steps", "logging_steps"):
-        if getattr(c, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} is {getattr(c, name)}: it must be at least 1")
-    if c.max_steps <= 0 and c.epochs <= 0:
-        raise UserError("--epochs is 0 and --max-steps is not set: give a positive --epochs or --max-steps")
-    if not 0.0 <= c.warmup_ratio < 1.0:
-        raise UserError(f"--warmup-ratio is {c.warmup_ratio}: give a share of the steps, at least 0 and below 1")
-    if not 0.0 <= c.kl_beta <= 1.0 or c.kl_temperature <= 0:
-        raise UserError("--kl-beta must be within [0, 1] and --kl-temperature above 0")
-    from transformers.trainer_utils import SchedulerType
+def load_training_run(run_dir: str | Path) -> tuple[dict, AgentPrompt, list[dict]]:
+    """``(run.json counts, prompt, records)`` of a synthesis run directory, records in their stored order."""
+    from genpi.synth.store import load_run
 
-    schedulers = [t.value for t in SchedulerType]
-    if c.lr_scheduler not in schedulers:
-        raise UserError(f"--lr-scheduler {c.lr_scheduler!r}: choose one of {', '.join(schedulers)}")
-    return weights
+    if not str(run_dir):
+        raise UserError("no synthesis run given: pass --data RUN_DIR (the --out of `genpi synth`)")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"--data {run_dir} is not a directory: pass the run directory written by `genpi synth --out`")
+    info, records = load_run(run_dir)
+    return info.counts, info.agent_prompt(), records.to_list()
 
 
 def _lora_targets(c: TrainConfig, model):
     """``--lora-target`` as PEFT takes it, checked against the model's module names."""
     if c.lora_target == "all-linear":
         return c.lora_target
-    targets = [t.strip() for t in c.lora_target.split(",") if t.strip()]
+    targets = c.lora_target
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in names]
     if missing or not targets:
@@ -73,10 +54,10 @@ def _prepare_output(c: TrainConfig, is_main: bool) -> Path | None:
     """Check (on every process) and prepare (on the main one) the output; return the checkpoint to resume from."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    out = Path(c.output)
+    out = Path(c.out)
     ckpt_dir = out / CHECKPOINTS
     if out.exists() and not out.is_dir():
-        raise UserError(f"--output {out} is a file: choose a directory path")
+        raise UserError(f"--out {out} is a file: choose a directory path")
     if c.resume:
         last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
         if last is None:
@@ -92,8 +73,8 @@ def _prepare_output(c: TrainConfig, is_main: bool) -> Path | None:
         return Path(last)
     if out.exists() and any(out.iterdir()):
         if not c.overwrite:
-            raise UserError(f"--output {out} is not empty: pass --resume to continue it, --overwrite to replace it, "
-                            "or choose another --output")
+            raise UserError(f"--out {out} is not empty: pass --resume to continue it, --overwrite to replace it, "
+                            "or choose another --out")
         if is_main:
             shutil.rmtree(out)
     return None
@@ -113,7 +94,7 @@ def attention_memory(examples: list[dict], batch_size: int, max_length: int, lay
 
 
 def _precision(c: TrainConfig, examples: list[dict], console, total_memory: int | None = None):
-    """Precision, weight dtype and gradient checkpointing for this machine.
+    """Precision, weight dtype and activation checkpointing for this machine.
 
     ``auto`` checkpointing is on with a GPU; on a CPU, where it costs ~40% more time per step, only when the
     heaviest batch's attention would take over 40% of the RAM (it then took 21 GB -> 10 GB at batch size 4 with
@@ -125,8 +106,8 @@ def _precision(c: TrainConfig, examples: list[dict], console, total_memory: int 
     precision = c.precision
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    checkpointing = c.gradient_checkpointing == "on" or (c.gradient_checkpointing == "auto" and cuda)
-    if c.gradient_checkpointing == "auto" and not cuda and examples:
+    checkpointing = c.activation_checkpointing == "on" or (c.activation_checkpointing == "auto" and cuda)
+    if c.activation_checkpointing == "auto" and not cuda and examples:
         from transformers import AutoConfig
 
         from genpi.models import resolve_model
@@ -137,14 +118,14 @@ def _precision(c: TrainConfig, examples: list[dict], console, total_memory: int 
         total = total_memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if need > 0.4 * total:
             checkpointing = True
-            console.print(f"gradient checkpointing on: a batch's attention would keep ~{need / 2**30:.0f} GB of "
-                          f"{total / 2**30:.0f} GB RAM (lower --batch-size, or --gradient-checkpointing off)")
+            console.print(f"activation checkpointing on: a batch's attention would keep ~{need / 2**30:.0f} GB of "
+                          f"{total / 2**30:.0f} GB RAM (lower --batch-size, or --activation-checkpointing off)")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # fp16 trains fp32 weights under autocast
     return precision, dtype, checkpointing
 
 
 def _dry_run(tokenizer, examples, stats, weights, console) -> None:
-    from genpi.data import decode_view
+    from genpi.training.views import decode_view
 
     e = examples[0]
     context = "the prompt kept in context, unsupervised" if e.get("prepended") else "student context"
@@ -237,14 +218,14 @@ def train(config: TrainConfig, console=None) -> Path:
     """Train an adapter on a synthesis run; return the output directory (a PEFT adapter plus ``genpi.json``)."""
     from rich.console import Console
 
-    from genpi.data import build_examples, load_training_run, parse_context
     from genpi.models import load_tokenizer, resolve_model
+    from genpi.training.views import build_examples
 
     c = config
     console = console or Console()
-    weights = _validate(c)
-    context = parse_context(c.student_context)
-    info, prompt, records = load_training_run(c.data)
+    weights = c.weights()
+    context = c.student_context
+    counts, prompt, records = load_training_run(c.data)
     try:
         tokenizer = load_tokenizer(c.model)
     except OSError as e:
@@ -256,26 +237,25 @@ def train(config: TrainConfig, console=None) -> Path:
     )
     if c.dry_run:
         _dry_run(tokenizer, examples, stats, weights, console)
-        return Path(c.output)
+        return Path(c.out)
 
     import torch
     from accelerate import PartialState
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import PrinterCallback
-    from trl import SFTConfig
     from trl.trainer.callbacks import RichProgressCallback
 
-    from genpi.data import GenPICollator
     from genpi.models import load_model
-    from genpi.trainer import GenPITrainer, attention_cost, packing_works
+    from genpi.training.collator import GenPICollator
+    from genpi.training.trainer import GenPIConfig, GenPITrainer, attention_cost, packing_works
 
     LogLines = _log_lines_callback()
 
-    out = Path(c.output)
+    out = Path(c.out)
     ckpt_dir = out / CHECKPOINTS
     precision, dtype, checkpointing = _precision(c, examples, console)
-    args = SFTConfig(
+    args = GenPIConfig(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=c.batch_size,
         gradient_accumulation_steps=c.grad_accum,
@@ -293,18 +273,18 @@ def train(config: TrainConfig, console=None) -> Path:
         save_total_limit=c.save_total_limit,
         seed=c.seed,
         max_length=c.max_length,
-        remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
+        w_sft=weights["w_sft"], w_pg=weights["w_pg"], w_kl=weights["w_kl"],
+        kl_beta=c.kl_beta, kl_temperature=c.kl_temperature,
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every step
         dataloader_pin_memory=torch.cuda.is_available(),
         # Without a GPU, say so: under `accelerate launch`/`torchrun` the processes then join a gloo (CPU) process
         # group instead of each training alone.
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
-        report_to="none",
         # Every token of every row the model computed (padding included), summed over processes and kept in the
         # checkpoints: genpi.json's train_tokens, from which `genpi eval` estimates training cost and break-even.
         include_num_input_tokens_seen="all",
+        **{"report_to": "none", **c.training_args},  # anything else TrainingArguments takes, e.g. report_to
     )
     state = PartialState()  # the state the training arguments just set up
     resume_from = _prepare_output(c, state.is_main_process)
@@ -330,9 +310,7 @@ def train(config: TrainConfig, console=None) -> Path:
                                     max_width=c.max_length),
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[RichProgressCallback() if console.is_terminal else LogLines(console)],
-        w_sft=weights["w_sft"], w_pg=weights["w_pg"], w_kl=weights["w_kl"],
-        kl_beta=c.kl_beta, kl_temperature=c.kl_temperature,
+        callbacks=[RichProgressCallback() if console.is_terminal else LogLines(console), *c.callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # the rich panel, or LogLines, shows the logs
     start = time.monotonic()
@@ -342,36 +320,34 @@ def train(config: TrainConfig, console=None) -> Path:
 
     if state.is_main_process:
         history = trainer.state.log_history
-        meta = {
-            "genpi_version": __version__,
-            "strategy": c.strategy,
-            "weights": {"sft": weights["w_sft"], "pg": weights["w_pg"], "kl": weights["w_kl"]},
-            "prepend_share": weights["prepend_share"],
-            "pg_share": weights["pg_share"],
-            "kl": {"beta": c.kl_beta, "temperature": c.kl_temperature},
-            "base_model": c.model,
-            "base_model_path": resolve_model(c.model),
-            "source_run": str(Path(c.data).resolve()),
-            # what synthesis kept and dropped (cut-off or empty agent turns, rejected inputs, finishes)
-            "synthesis": info.get("counts", {}),
-            "prompt_hash": prompt.hash,
-            "prompt_tokens": prompt.token_length(tokenizer),
-            "student_context": context,
-            "max_length": c.max_length,
-            "lora": {"r": c.lora_r, "alpha": c.lora_alpha, "dropout": c.lora_dropout, "target": c.lora_target},
-            "precision": precision,
-            "packing": pack,
-            "records": dataclasses.asdict(stats),
-            "steps": trainer.state.global_step,
-            "train_tokens": int(trainer.state.num_input_tokens_seen),
+        AdapterInfo(
+            genpi_version=__version__,
+            strategy=c.strategy,
+            weights={"sft": weights["w_sft"], "pg": weights["w_pg"], "kl": weights["w_kl"]},
+            prepend_share=weights["prepend_share"],
+            pg_share=weights["pg_share"],
+            kl={"beta": c.kl_beta, "temperature": c.kl_temperature},
+            base_model=c.model,
+            base_model_path=resolve_model(c.model),
+            source_run=str(Path(c.data).resolve()),
+            synthesis=counts,  # what synthesis kept and dropped (cut-off or empty agent turns, rejected inputs)
+            prompt_hash=prompt.hash,
+            prompt_tokens=prompt.token_length(tokenizer),
+            student_context=context,
+            max_length=c.max_length,
+            lora={"r": c.lora_r, "alpha": c.lora_alpha, "dropout": c.lora_dropout, "target": c.lora_target},
+            precision=precision,
+            packing=pack,
+            records=dataclasses.asdict(stats),
+            steps=trainer.state.global_step,
+            train_tokens=int(trainer.state.num_input_tokens_seen),
             # The teacher's forward passes (KL strategies) are not in train_tokens: its tokens per epoch times the
             # epochs done.
-            "teacher_tokens": round(sum(len(e.get("teacher_input_ids", ())) for e in examples) * trainer.state.epoch),
-            "train_seconds": round(seconds, 2),
-            "processes": state.num_processes,
-            "config": dataclasses.asdict(c),
-        }
-        (out / GENPI_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            teacher_tokens=round(sum(len(e.get("teacher_input_ids", ())) for e in examples) * trainer.state.epoch),
+            train_seconds=round(seconds, 2),
+            processes=state.num_processes,
+            config=c.public(),
+        ).write(out)
         plot_losses(history, out / "loss.png")
         console.print()  # below the progress panel
         console.print(_summary(c, weights, stats, history, trainer.state.global_step, seconds, out))
@@ -386,7 +362,7 @@ def train_resumably(config: TrainConfig, console=None) -> Path:
     """
     from transformers.trainer_utils import get_last_checkpoint
 
-    out = Path(config.output)
+    out = Path(config.out)
     if (out / GENPI_FILE).exists():
         return out
     ckpts = out / CHECKPOINTS

@@ -18,93 +18,23 @@ inference, when it is prompted with that context and a generation prompt.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from genpi.errors import UserError
-from genpi.prompt import AgentPrompt, load_prompt, render_transcript, student_messages
+from genpi.prompt import AgentPrompt, pg_answer, pg_question, student_messages
 
 IGNORE = -100
 BEHAVIOUR, PROMPT_GENERATION = 0, 1
 
-PG_USER = """Write the prompt that makes an assistant answer as in TO-BE instead of AS-IS, then explain why.
-
-Input:
-{input}
-
-AS-IS (the answer without the prompt):
-{as_is}
-
-TO-BE (the answer with the prompt):
-{to_be}"""
-PG_ASSISTANT = "{prompt}\n\nReason: {reason}"
 _CUT = " [...]"
 
 
-# --- the run directory
-
-
-def prompt_of_run(info: dict) -> AgentPrompt:
-    """The run's prompt: the original file when it is still there unchanged, else rebuilt from ``run.json``.
-
-    The file is preferred because it keeps the prompt's exact text (what prompt generation learns to write); the
-    rebuilt prompt renders a transcript from its messages.
-    """
-    path, expected = info.get("prompt_path"), info.get("prompt_hash")
-    if path and Path(path).is_file():
-        prompt = load_prompt(path)
-        if prompt.hash == expected:
-            return prompt
-    stored = info.get("prompt")
-    if not isinstance(stored, dict) or not isinstance(stored.get("messages"), list):
-        raise UserError("run.json has no prompt messages and its prompt file is gone or changed: rerun `genpi synth`")
-    messages = tuple({"role": m["role"], "content": m["content"]} for m in stored["messages"])
-    prefix = stored.get("input_prefix", "")
-    text = stored.get("text") or ""
-    if not text:
-        if stored.get("kind") == "text" and len(messages) == 1:
-            text = messages[0]["content"]
-        else:
-            text = render_transcript(messages) + (f"\n\n<USER>: {prefix}" if prefix else "")
-    prompt = AgentPrompt(messages=messages, kind=stored.get("kind", "chat"), source=str(path or "run.json"),
-                         input_prefix=prefix, _text=text)
-    if expected and prompt.hash != expected:
-        raise UserError(f"the prompt in run.json does not match its prompt_hash {expected}: the run directory is damaged")
-    return prompt
-
-
-def load_training_run(run_dir: str | Path) -> tuple[dict, AgentPrompt, list[dict]]:
-    """``(run_info, prompt, records)`` of a synthesis run directory, records in their stored order."""
-    from genpi.synth.store import load_run
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"--data {run_dir} is not a directory: pass the run directory written by `genpi synth --out`")
-    info, records = load_run(run_dir)
-    return info, prompt_of_run(info), records.to_list()
+# --- records
 
 
 def usable(record: dict) -> bool:
     """A record trains only when its synthesis finished and the agent spoke at least once."""
     return record.get("finish") != "error" and any(m.get("role") == "assistant" for m in record.get("dialogue") or [])
-
-
-def parse_context(text: str) -> list[dict]:
-    """The student context given as a JSON list of messages ('' means none)."""
-    if not text.strip():
-        return []
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"--student-context is not JSON ({e.msg}): pass a list like '[{{\"role\": \"system\", \"content\": \"...\"}}]'") from None
-    ok = isinstance(data, list) and all(
-        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
-        for m in data
-    )
-    if not ok or (data and data[-1]["role"] == "user"):
-        raise UserError("--student-context must be a JSON list of {role, content} messages that does not end with a user turn")
-    return [{"role": m["role"], "content": m["content"]} for m in data]
 
 
 # --- rendering with labels
@@ -224,9 +154,8 @@ def teacher_view(tokenizer, record, prompt, turns) -> tuple[list[int], list[int]
 
 
 def pg_messages(record: dict, prompt: AgentPrompt, context: list[dict], as_is: str, to_be: str) -> list[dict]:
-    user = PG_USER.format(input=record["input"], as_is=as_is, to_be=to_be)
-    reason = (record.get("reason") or "").strip()
-    target = PG_ASSISTANT.format(prompt=prompt.text, reason=reason) if reason else prompt.text
+    user = pg_question(record["input"], as_is, to_be)
+    target = pg_answer(prompt.text, (record.get("reason") or "").strip())
     return [dict(m) for m in context] + [{"role": "user", "content": user}, {"role": "assistant", "content": target}]
 
 
@@ -344,110 +273,6 @@ def build_examples(
             f"longer than --max-length {max_length} even at one agent turn): raise --max-length or synthesize again"
         )
     return examples, stats
-
-
-# --- batching
-
-
-class GenPICollator:
-    """Batches examples: every behaviour and prompt-generation sequence of the batch in one tensor.
-
-    Each position carries ``task`` (which loss its label feeds; -1 on padding) and ``seq`` (the index of its
-    example in the batch; -1 on padding), so that rows can hold several sequences. Teacher sequences, when every
-    example has one, form a second tensor with the same ``seq`` numbering.
-
-    With ``pack`` (the default), sequences are packed first-fit into shared rows and told apart by
-    ``position_ids`` that restart at 0, with no ``attention_mask``: transformers then builds a block-diagonal
-    causal mask, so no sequence sees another, and short behaviour dialogues stop costing the padding up to the long
-    prompt-generation rows. Wider rows need fewer padding tokens but cost more attention (a masked row costs its
-    full width squared), so with ``attention_cost`` (attention work per token and per position of row width,
-    relative to the rest of the model's work per token; see :func:`genpi.trainer.attention_cost`) the row width is
-    chosen, between the longest sequence and ``max_width``, to minimise ``rows·width·(1 + attention_cost·width)``;
-    without it, rows are as wide as the longest sequence. Without ``pack``, each sequence is a right-padded row with
-    an ``attention_mask``.
-    """
-
-    def __init__(self, pad_token_id: int, pack: bool = True, attention_cost: float | None = None,
-                 max_width: int | None = None):
-        self.pad_token_id = pad_token_id
-        self.pack = pack
-        self.attention_cost = attention_cost
-        self.max_width = max_width
-
-    @staticmethod
-    def _first_fit(seqs, width: int) -> list[list]:
-        bins: list[list] = []
-        room: list[int] = []
-        for s in sorted(seqs, key=lambda s: -len(s[0])):  # longest first
-            for i, free in enumerate(room):
-                if len(s[0]) <= free:
-                    bins[i].append(s)
-                    room[i] -= len(s[0])
-                    break
-            else:
-                bins.append([s])
-                room.append(width - len(s[0]))
-        return bins
-
-    def _packing(self, seqs) -> tuple[int, list[list]]:
-        longest = max(len(s[0]) for s in seqs)
-        if self.attention_cost is None:
-            return longest, self._first_fit(seqs, longest)
-        total = sum(len(s[0]) for s in seqs)
-        cap = max(longest, self.max_width or total)
-        best = None
-        for k in range(1, len(seqs) + 1):  # widths that would fit everything in k rows, were there no gaps
-            width = min(cap, max(longest, -(-total // k)))
-            bins = self._first_fit(seqs, width)
-            cost = len(bins) * width * (1 + self.attention_cost * width)
-            if best is None or cost < best[0]:
-                best = (cost, width, bins)
-        return best[1], best[2]
-
-    def _rows(self, seqs: list[tuple[list[int], list[int], int, int]], prefix: str = "") -> dict:
-        """Tensors for ``(ids, labels, task, seq)`` sequences, packed or padded."""
-        import torch
-
-        if self.pack:
-            width, bins = self._packing(seqs)
-        else:
-            bins = [[s] for s in seqs]
-            width = max(len(s[0]) for s in seqs)
-        shape = (len(bins), width)
-        ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
-        labels = torch.full(shape, IGNORE, dtype=torch.long)
-        task = torch.full(shape, -1, dtype=torch.long)
-        seq = torch.full(shape, -1, dtype=torch.long)
-        positions = torch.zeros(shape, dtype=torch.long)
-        mask = torch.zeros(shape, dtype=torch.long)
-        for row, b in enumerate(bins):
-            at = 0
-            for s_ids, s_labels, s_task, s_seq in b:
-                n = len(s_ids)
-                ids[row, at : at + n] = torch.tensor(s_ids)
-                labels[row, at : at + n] = torch.tensor(s_labels)
-                task[row, at : at + n] = s_task
-                seq[row, at : at + n] = s_seq
-                positions[row, at : at + n] = torch.arange(n)
-                mask[row, at : at + n] = 1
-                at += n
-            positions[row, at:] = torch.arange(width - at)  # the padding is a block of its own
-        out = {"input_ids": ids, "labels": labels, "task": task, "seq": seq}
-        if self.pack:
-            out["position_ids"] = positions
-        else:
-            out["attention_mask"] = mask
-        return {prefix + k: v for k, v in out.items()}
-
-    def __call__(self, examples: list[dict]) -> dict:
-        seqs = [(e["input_ids"], e["labels"], BEHAVIOUR, i) for i, e in enumerate(examples)]
-        seqs += [(e["pg_input_ids"], e["pg_labels"], PROMPT_GENERATION, i)
-                 for i, e in enumerate(examples) if e.get("pg_input_ids")]
-        batch = self._rows(seqs)
-        if examples and all(e.get("teacher_input_ids") for e in examples):
-            teacher = [(e["teacher_input_ids"], e["teacher_labels"], BEHAVIOUR, i) for i, e in enumerate(examples)]
-            batch.update(self._rows(teacher, prefix="teacher_"))
-        return batch
 
 
 def decode_view(tokenizer, ids: list[int], labels: list[int]) -> str:
