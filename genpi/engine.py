@@ -158,8 +158,17 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     return out[:, None], None
 
 
+def cache_keyword(model) -> str:
+    """The forward argument that takes a KV cache: ``cache`` from transformers 5.24 (``past_key_values`` before,
+    deprecated since)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model forwards **kwargs
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
 class _RowCache:
-    """What the model's attention layers see as ``past_key_values`` during one forward pass: rows ``lo:hi`` of the
+    """What the model's attention layers see as their KV cache during one forward pass: rows ``lo:hi`` of the
     engine's cache. ``update`` writes the new keys and values at each query token's slot and returns the rows'
     caches up to ``width`` positions."""
 
@@ -228,6 +237,7 @@ class Engine:
         self.kv_heads = getattr(config, "num_key_value_heads", None) or heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         self.max_context = max_context or int(getattr(config, "max_position_embeddings", None) or 4096)
+        self.cache_kw = cache_keyword(model)
         self.shared_attention = getattr(config, "_attn_implementation", None) in ("sdpa", ATTENTION)
         if self.shared_attention:  # the registered function falls back to SDPA for every other call
             from transformers import AttentionInterface
@@ -351,7 +361,7 @@ class Engine:
                 cache.update(base.keys[i][:, :, :start], base.values[i][:, :, :start], i)
         with torch.inference_mode():
             self.model(input_ids=torch.tensor([ids[start:]], device=self.device), use_cache=True, logits_to_keep=1,
-                       position_ids=torch.arange(start, len(ids), device=self.device)[None], past_key_values=cache)
+                       position_ids=torch.arange(start, len(ids), device=self.device)[None], **{self.cache_kw: cache})
         layers = cache.layers
         entry = _Entry(tuple(ids), [l.keys for l in layers], [l.values for l in layers], 0)
         entry.nbytes = sum(k.numel() * k.element_size() * 2 for k in entry.keys)
@@ -427,8 +437,8 @@ class Engine:
         position_ids = torch.where(slots == self.width - 1, torch.zeros_like(slots), slots)
         cache = _RowCache(self.keys, self.values, lo, hi, slots, width)
         with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                                use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                                use_cache=True, logits_to_keep=1, **{self.cache_kw: cache}).logits[:, -1].float()
         self.stats.prefill_tokens += sum(len(x) for x in suffixes)
         for i, row in enumerate(rows):
             row.length = len(row.request.ids)
@@ -452,8 +462,9 @@ class Engine:
         cache = _RowCache(self.keys, self.values, 0, n, lengths[:, None], need)
         extra = {"genpi_groups": self._groups()} if self.shared_attention else {}
         with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=lengths[:, None],
-                                past_key_values=cache, use_cache=True, logits_to_keep=1, **extra).logits[:, -1].float()
+            extra[self.cache_kw] = cache
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=lengths[:, None], use_cache=True,
+                                logits_to_keep=1, **extra).logits[:, -1].float()
         for row in self.active:
             row.length += 1
         self.stats.steps += 1
