@@ -241,27 +241,31 @@ def counts(records: list[dict], store: RunStore) -> dict:
             "inputs_rejected": rejection_counts(store)}
 
 
-def summary_table(n: dict, requested: int, new: int, usage: Usage, elapsed: float, retries: int):
+def summary_table(n: dict, requested: int, new: int, usage: Usage, elapsed: float, retries: int,
+                  inputs_only: bool = False):
     from rich.table import Table
 
     table = Table(title="genpi synth")
     table.add_column("")
     table.add_column("value", justify="right")
-    table.add_row("records", f"{n['records']} / {requested} ({new} new, {n['trainable']} with an agent turn)")
+    table.add_row("inputs", f"{n['inputs']} / {requested}")
     rejected = n["inputs_rejected"]
     if rejected:
         top = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])[:4])
         table.add_row("inputs rejected", f"{sum(rejected.values())} ({top})")
-    for reason in FINISHES:
-        table.add_row(f"finish: {reason}", str(n["finish"].get(reason, 0)))
-    dropped = n["dropped_agent_turns"]
-    table.add_row("agent turns kept / dropped", f"{n['agent_turns']} / {sum(dropped.values())}"
-                  + (f" ({', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else ""))
+    if not inputs_only:
+        table.add_row("records", f"{n['records']} / {requested} ({new} new, {n['trainable']} with an agent turn)")
+        for reason in FINISHES:
+            table.add_row(f"finish: {reason}", str(n["finish"].get(reason, 0)))
+        dropped = n["dropped_agent_turns"]
+        table.add_row("agent turns kept / dropped", f"{n['agent_turns']} / {sum(dropped.values())}"
+                      + (f" ({', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else ""))
     table.add_row("calls (retries)", f"{usage.calls} ({retries})")
     table.add_row("prompt tokens computed / reused", f"{usage.prompt_tokens - usage.cached_tokens} / {usage.cached_tokens}")
     table.add_row("tokens out", str(usage.completion_tokens))
     table.add_row("time", f"{elapsed:.1f} s")
-    table.add_row("rate", f"{new / max(elapsed, 1e-9) * 60:.1f} records/min, {usage.completion_tokens / max(elapsed, 1e-9):.1f} tokens/s")
+    made = f"{n['inputs'] / max(elapsed, 1e-9) * 60:.1f} inputs/min" if inputs_only else f"{new / max(elapsed, 1e-9) * 60:.1f} records/min"
+    table.add_row("rate", f"{made}, {usage.completion_tokens / max(elapsed, 1e-9):.1f} tokens/s")
     return table
 
 
@@ -403,12 +407,12 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
 
     retries = getattr(client, "retry_count", 0)
     n = counts(records, store)
-    info.counts = {"inputs": len(inputs), **n}
+    n = info.counts = {"inputs": len(inputs), **n}
     info.runs.append({"new_records": new, "seconds": round(elapsed, 2), "calls": syn.usage.calls, "retries": retries,
                  "prompt_tokens": syn.usage.prompt_tokens, "cached_prompt_tokens": syn.usage.cached_tokens,
                  "completion_tokens": syn.usage.completion_tokens})
     store.write_info(info)
-    console.print(summary_table(n, config.num_inputs, new, syn.usage, elapsed, retries))
+    console.print(summary_table(n, config.num_inputs, new, syn.usage, elapsed, retries, config.inputs_only))
     if len(inputs) < config.num_inputs:
         console.print(f"[yellow]only {len(inputs)} usable distinct inputs after {config.num_inputs * 6} proposals at most: "
                       "the model playing the user repeats itself or leaves its role (see the rejections in "

@@ -148,11 +148,15 @@ def test_each_side_stops_where_it_starts_writing_the_other_sides_words(tmp_path)
     assert info["stop"]["agent"] == ["The output of the OS:", "My problem is:"]
 
 
-def test_inputs_only_makes_a_held_out_set_without_records(tmp_path):
+def test_inputs_only_makes_a_held_out_set_without_records(tmp_path, capsys):
+    from rich.console import Console
+
     from genpi.eval.heldout import load_heldout
 
     fake = FakeChatClient()
-    synthesize(cfg(tmp_path, num_inputs=5, inputs_only=True), client=fake)
+    synthesize(cfg(tmp_path, num_inputs=5, inputs_only=True), client=fake, console=Console(width=200))
+    out = capsys.readouterr().out
+    assert "│ inputs " in out and "5 / 5" in out and "records" not in out  # not "0 / 5 records"
     assert not (tmp_path / "run" / "records.jsonl").exists()
     assert {_role(c["messages"]) for c in fake.calls} == {"input"}
     held = load_heldout(tmp_path / "run")
