@@ -90,8 +90,9 @@ def tables(report: dict) -> list:
     costs.add_row("input tokens", *(_fmt(per_system[n].get("input_tokens"), 1) for n in names))
     costs.add_row("output tokens", *(_fmt(per_system[n].get("output_tokens"), 1) for n in names))
     costs.add_row("GFLOPs (2·params·tokens)", *(_fmt(flops[n] / 1e9 if flops[n] else None, 2) for n in names))
-    costs.add_row("time to first token s (median)", *(_fmt((latency.get(n) or {}).get("prefill_s")) for n in names))
-    costs.add_row("end-to-end s (median)", *(_fmt((latency.get(n) or {}).get("e2e_s")) for n in names))
+    if any(latency.get(n) for n in names):  # measured only with --latency-inputs
+        costs.add_row("time to first token s (median)", *(_fmt((latency.get(n) or {}).get("prefill_s")) for n in names))
+        costs.add_row("end-to-end s (median)", *(_fmt((latency.get(n) or {}).get("e2e_s")) for n in names))
     costs.add_row("break-even requests", *(
         _fmt(round(break_even[n]["requests"]) if (break_even.get(n) or {}).get("requests") else None) for n in names))
     return [quality, recovery, costs] if trained else [quality, costs]

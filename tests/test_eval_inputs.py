@@ -260,7 +260,13 @@ def test_report_tables_and_chart(tmp_path):
         console.print(t)
     text = console.export_text()
     assert "0.50 [0.40, 0.60]" in text and "undefined" in text and "genpi:bash" in text
+    assert "time to first token" not in text  # no latency measured: no rows of dashes
     assert len(tables({**report, "recovery": {}})) == 2  # no adapter: no recovery table
+    latency = {"prompted": {"prefill_s": 1.5, "e2e_s": 4.0}, "genpi:bash": {"prefill_s": 0.25, "e2e_s": 2.0}}
+    console = Console(record=True, width=160)
+    console.print(tables({**report, "cost": {**report["cost"], "latency": latency}})[-1])
+    text = console.export_text()
+    assert "time to first token s (median)" in text and "0.250" in text
     plot(report, tmp_path / "report.png")
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
