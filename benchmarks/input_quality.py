@@ -38,7 +38,7 @@ def run(prompt: Path, out: Path, inputs: int) -> dict:
     rejected.pop("over --num-inputs", None)  # proposals that were fine but not needed: neither kept nor refused
     proposed = len(accepted) + sum(rejected.values())
     return {"prompt": prompt.name, "proposed": proposed, "accepted": len(accepted), "rejected": rejected,
-            "share": len(accepted) / proposed if proposed else 0.0, "examples": accepted[:3],
+            "share": len(accepted) / proposed if proposed else 0.0, "inputs": accepted,
             "seconds": sum(r["seconds"] for r in info.get("runs", []))}
 
 
@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", nargs="*", default=None, help="prompt files (default: tests/prompts/* and the examples)")
     ap.add_argument("--inputs", type=int, default=16, help="inputs to accept per prompt")
-    ap.add_argument("--json", default="", help="also write the results to this file")
+    ap.add_argument("--json", default="", help="also write the results, every accepted input included, to this file")
     args = ap.parse_args(argv)
     prompts = [Path(p) for p in args.prompts] if args.prompts else (
         sorted((ROOT / "tests" / "prompts").iterdir()) + [ROOT / "examples" / "bash_agent.txt",
                                                            ROOT / "examples" / "support_agent.txt"])
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the table unwrapped
     results = []
     with tempfile.TemporaryDirectory(prefix="genpi-inputs-") as tmp:
         for i, prompt in enumerate(prompts):
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         table.add_row(r["prompt"], str(r["proposed"]), str(r["accepted"]), f"{r['share']:.2f}",
                       ", ".join(f"{k}: {v}" for k, v in sorted(r["rejected"].items())) or "-",
-                      " | ".join(x.replace("\n", " ")[:70] for x in r["examples"]))
+                      " | ".join(x.replace("\n", " ")[:70] for x in r["inputs"][:3]))
     console.print(table)
     total_p, total_a = sum(r["proposed"] for r in results), sum(r["accepted"] for r in results)
     console.print(f"accepted {total_a} of {total_p} proposals ({total_a / max(1, total_p):.2f})", highlight=False)

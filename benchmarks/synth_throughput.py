@@ -6,7 +6,7 @@
 The baseline commit is exported to a temporary directory and installed into a temporary virtual environment that
 shares this one's packages (what it lacks, such as the serving extra of transformers, comes from the index); each arm runs ``python -m genpi synth`` of its own code as a child
 process with the embedded server it starts itself, on the same seed inputs and settings (the quick start's: bash
-example, 8 seed inputs, 2 agent turns, 64 new tokens per call, 8 requests in flight), into a fresh run directory.
+example, 10 records: its 8 seed inputs, then proposed ones; 2 agent turns, 64 new tokens per call, 8 requests in flight), into a fresh run directory.
 The arms alternate (baseline, current, baseline, current, ...), so a slow drift of a shared machine falls on both;
 records/min and tokens/s come from each run's own ``run.json`` (time in synthesis, server start excluded), pooled
 per arm. Absolute figures depend on the machine and its load: the ratio is the result.
