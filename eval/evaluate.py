@@ -32,7 +32,7 @@ from genpi.eval.reconstruction import reconstruction_score
 from genpi.eval.recovery import recovery
 from genpi.eval.report import plot, tables, notes, write_json
 from genpi.eval.systems import build_systems
-from genpi.progress import progress
+from genpi.progress import make_console, progress
 from genpi.prompt import load_prompt, pg_question
 
 BOUNDS = ("prompted", "unprompted")
@@ -46,9 +46,7 @@ def evaluate(config: EvalConfig, console=None) -> Path:
         config: what to evaluate and how.
         console: a ``rich`` console for progress and tables (default: stdout).
     """
-    from rich.console import Console
-
-    console = console or Console()
+    console = console or make_console()
     started = time.monotonic()
     _validate(config)
     prompt = load_prompt(config.prompt)

@@ -6,14 +6,26 @@ every ``interval`` seconds and when it ends, so that a long run shows it is aliv
 
 from __future__ import annotations
 
+import os
 import time
+
+LOG_WIDTH = 160  # columns of tables and lines written to a log file (rich would wrap them at 80)
+
+
+def make_console():
+    """The console every stage prints to: the terminal's width in a terminal, otherwise (a log file, CI, a pipe)
+    ``LOG_WIDTH`` columns unless ``COLUMNS`` says otherwise, so that a summary table stays one row per line."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(width=LOG_WIDTH)
+    return console
 
 
 def progress(console=None, interval: float = 10.0):
     """A context manager with ``add_task``, ``update`` and ``advance``, as ``rich.progress.Progress`` has them."""
-    from rich.console import Console
-
-    console = console or Console()
+    console = console or make_console()
     if console.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from genpi import __version__
 from genpi.config import SynthConfig
 from genpi.errors import UserError
-from genpi.progress import progress
+from genpi.progress import make_console, progress
 from genpi.prompt import AgentPrompt, load_prompt
 from genpi.synth import episodes, roles
 from genpi.synth.client import ChatClient, ChatResult, OpenAIChatClient, public_url
@@ -286,11 +286,9 @@ def resolve_end_pattern(prompt: AgentPrompt, setting: str) -> str:
 
 def dry_run(prompt: AgentPrompt, config: SynthConfig, seeds: list[str]) -> None:
     """Print the exact messages each role would be sent for one input; send nothing."""
-    from rich.console import Console
-
     from genpi.synth.inputs import pick_examples
 
-    console = Console()
+    console = make_console()
     sample = seeds[0] if seeds else "<a user input proposed in step 1>"
     placeholder = "<the agent's reply, relayed verbatim>"
     dialogue = [{"role": "user", "content": sample}, {"role": "assistant", "content": placeholder}]
@@ -356,8 +354,6 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
     """
     from contextlib import ExitStack
 
-    from rich.console import Console
-
     _validate(config)
     prompt = load_prompt(config.prompt)
     end_pattern = resolve_end_pattern(prompt, config.end_pattern)
@@ -365,7 +361,7 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
     if config.dry_run:
         dry_run(prompt, config, seeds)
         return Path(config.out)
-    console = console or Console()
+    console = console or make_console()
     store = RunStore(config.out)
     signature = {**config.signature(), "prompt_hash": prompt.hash, "templates": roles.templates_signature()}
     info = store.open(signature, overwrite=config.overwrite)

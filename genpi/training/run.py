@@ -216,13 +216,12 @@ def _log_lines_callback():
 
 def train(config: TrainConfig, console=None) -> Path:
     """Train an adapter on a synthesis run; return the output directory (a PEFT adapter plus ``genpi.json``)."""
-    from rich.console import Console
-
     from genpi.models import load_tokenizer, resolve_model
+    from genpi.progress import make_console
     from genpi.training.views import build_examples
 
     c = config
-    console = console or Console()
+    console = console or make_console()
     weights = c.weights()
     context = c.student_context
     counts, prompt, records = load_training_run(c.data)
