@@ -1,6 +1,6 @@
 """Quick start: internalize the bash agent's prompt into the tiny default model, then prove it side by side.
 
-    genpi run recipes/quickstart.py            # about 13 minutes on 2 CPU cores (see docs/RESULTS.md)
+    genpi run recipes/quickstart.py            # about 9 minutes on 2 CPU cores (see docs/RESULTS.md)
     python recipes/quickstart.py               # the same
     genpi run recipes/quickstart.py --smoke    # the CI size: a few minutes, same steps, smaller numbers
 
