@@ -58,18 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from rich.console import Console
     from rich.table import Table
 
     from genpi.eval.cost import flops_per_request, measure_latency, ratio
     from genpi.eval.generation import Generator
     from genpi.eval.heldout import load_heldout
     from genpi.eval.systems import build_systems
+    from genpi.progress import make_console
     from genpi.prompt import load_prompt
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    console = Console()
+    console = make_console()
     prompt = load_prompt(args.prompt)
     inputs = load_heldout(args.inputs, limit=args.requests).items
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,8 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+
+from genpi.progress import make_console
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [Path(p) for p in args.prompts] if args.prompts else (
         sorted((ROOT / "tests" / "prompts").iterdir()) + [ROOT / "examples" / "bash_agent.txt",
                                                            ROOT / "examples" / "support_agent.txt"])
-    console = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the table unwrapped
+    console = make_console()  # a log file gets the table unwrapped
     results = []
     with tempfile.TemporaryDirectory(prefix="genpi-inputs-") as tmp:
         for i, prompt in enumerate(prompts):

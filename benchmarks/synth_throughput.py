@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+
+from genpi.progress import make_console
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,7 +76,7 @@ def main() -> None:
     ap.add_argument("--json", default="", help="also write the results to this file")
     args = ap.parse_args()
 
-    console = Console()
+    console = make_console()
     totals: dict[str, list[dict]] = {"baseline": [], "current": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

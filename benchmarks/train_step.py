@@ -70,10 +70,10 @@ def main() -> int:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from rich.console import Console
     from rich.table import Table
     from genpi.config import TrainConfig
     from genpi.models import load_model, load_tokenizer
+    from genpi.progress import make_console
     from genpi.prompt import load_prompt
     from genpi.training.collator import GenPICollator
     from genpi.training.run import load_training_run
@@ -82,7 +82,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    console = Console()
+    console = make_console()
     load_start = os.getloadavg()[0]
     tok = load_tokenizer(args.model)
     need = args.batch_size * args.batches
