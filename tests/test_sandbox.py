@@ -1,0 +1,208 @@
+"""The sandbox: model-written commands run isolated, and every way out that was tried is contained.
+
+Each test runs real commands in a real sandbox, with every backend installed here (bwrap where it is, unshare on
+every Linux), and checks both what the action reports and that the host did not change.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from genpi.errors import UserError
+from genpi.sandbox import (SANDBOX_UID, Limits, Sandbox, SandboxUnavailable, backends, check_available)
+
+
+def _working_backends() -> list[str]:
+    out = []
+    for b in backends():
+        try:
+            out.append(check_available(b))
+        except SandboxUnavailable:
+            pass
+    return out
+
+
+WORKING = _working_backends()
+pytestmark = pytest.mark.skipif(not WORKING, reason="no sandbox backend can isolate commands on this machine")
+
+
+@pytest.fixture(params=WORKING or ["none"])
+def box(request):
+    with Sandbox(Limits(seconds=5, output_bytes=4096, disk_mb=32, processes=32), backend=request.param) as b:
+        yield b
+
+
+def _sandbox_processes() -> int:
+    """Processes on the host owned by the sandbox's uid (as root) that are not a holder's."""
+    uid = SANDBOX_UID if os.geteuid() == 0 else os.getuid()
+    out = subprocess.run(["ps", "-e", "-o", "uid=,stat=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
+    return sum(1 for r in rows if r[0] == str(uid) and not r[1].startswith("Z") and "sleep infinity" not in r[-1]
+               and "unshare --user" not in r[-1] and "bwrap" not in r[-1])
+
+
+# --- what an agent needs
+
+
+def test_state_persists_within_a_sandbox_and_not_across(box):
+    assert box.run("echo hello > note.txt && mkdir -p /srv/app && cp note.txt /srv/app/").exit_code == 0
+    assert box.run("cat /srv/app/note.txt").output == "hello\n"
+    assert box.run("pwd").output == "/root\n"
+    with Sandbox(backend=box.backend) as other:
+        action = other.run("cat /srv/app/note.txt")
+    assert action.exit_code != 0 and "No such file" in action.output
+
+
+def test_tools_of_the_host_run_and_exit_codes_are_reported(box):
+    action = box.run("printf 'b\\na\\nb\\n' | sort | uniq -c | awk '{print $2 $1}'; exit 3")
+    assert action.output == "a1\nb2\n" and action.exit_code == 3
+    assert box.run("echo oops >&2").output == "oops\n"  # stderr is part of what the agent sees
+
+
+# --- ways out
+
+
+def test_no_network(box):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    try:
+        action = box.run(f"echo hi > /dev/tcp/127.0.0.1/{port} && echo connected")
+        assert "connected" not in action.output and action.exit_code != 0
+        action = box.run("getent hosts pypi.org || echo no-dns; echo x > /dev/tcp/1.1.1.1/80 && echo out")
+        assert "no-dns" in action.output and "out\n" not in action.output
+    finally:
+        server.close()
+
+
+def test_host_files_are_neither_visible_nor_writable(box, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("sk-host-file-secret")
+    action = box.run(f"cat {secret}; ls /work /home/*/.ssh 2>&1; grep -rsl sk-host-file-secret / --exclude-dir=proc"
+                     " --exclude-dir=usr | head -1; touch /usr/bin/genpi-evil; echo written > /etc/genpi-evil")
+    assert "sk-host-file-secret" not in action.output
+    assert "Read-only file system" in action.output
+    assert not Path("/usr/bin/genpi-evil").exists() and not Path("/etc/genpi-evil").exists()
+    assert box.run("cat /etc/genpi-evil").output == "written\n"  # the sandbox's own /etc is writable
+    assert "sk-host-file-secret" in secret.read_text()
+
+
+def test_the_callers_environment_does_not_reach_the_sandbox(box, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-parent-env-secret-123")
+    action = box.run("env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; ps -eo args")
+    assert "sk-parent-env-secret-123" not in action.output
+    assert "HOME=/root" in action.output
+
+
+def test_host_processes_are_invisible(box):
+    action = box.run("ps -e -o pid=,args= | wc -l")
+    assert int(action.output) <= 3  # bash, ps and wc: nothing of the host
+
+
+def test_escaping_by_remount_or_chroot_fails(box):
+    action = box.run("mount -o remount,rw /usr 2>/dev/null; touch /usr/genpi-evil 2>&1;"
+                     " perl -e 'mkdir \"x\"; chroot \"x\"; chdir \"..\" for 1..64; chroot \".\"; exec \"/bin/ls\", \"/\"'")
+    assert "Read-only file system" in action.output
+    assert "work" not in action.output.split() and "usr" in action.output.split()  # still the sandbox's root
+    assert not Path("/usr/genpi-evil").exists()
+
+
+def test_rm_rf_root_leaves_the_host_untouched(box, tmp_path):
+    sentinel = tmp_path / "keep.txt"
+    sentinel.write_text("still here")
+    box.run("rm -rf --no-preserve-root / 2>/dev/null; true")
+    assert sentinel.read_text() == "still here"
+    assert Path("/usr/bin/env").exists() and Path("/etc/passwd").exists()
+    with Sandbox(backend=box.backend) as fresh:  # the agent broke its own sandbox, and only that one
+        assert fresh.run("ls /usr/bin/env").output == "/usr/bin/env\n"
+
+
+def test_an_infinite_loop_is_killed_at_the_time_limit(box):
+    start = time.monotonic()
+    action = box.run("while :; do :; done", seconds=1)
+    assert action.timed_out and action.exit_code is None
+    assert time.monotonic() - start < 4
+    assert "[killed: still running after the time limit]" in action.text()
+    assert box.run("echo alive").output == "alive\n"
+
+
+def test_background_processes_die_with_their_action(box):
+    action = box.run("sleep 600 & setsid sleep 601 & nohup sleep 602 >/dev/null 2>&1 & echo started")
+    assert action.output == "started\n" and not action.timed_out
+    time.sleep(0.2)
+    ps = subprocess.run(["ps", "-e", "-o", "args="], capture_output=True, text=True).stdout
+    assert not any(f"sleep {n}" in ps for n in (600, 601, 602))
+
+
+def test_a_fork_bomb_is_contained(box):
+    action = box.run(":(){ :|:& };:; sleep 1; echo done", seconds=3)
+    assert action.exit_code is None or "done" in action.output or "fork" in action.output
+    time.sleep(0.3)
+    assert _sandbox_processes() == 0
+    assert box.run("echo alive").output == "alive\n"
+
+
+def test_an_output_flood_is_cut_at_the_limit_and_killed(box):
+    start = time.monotonic()
+    action = box.run("yes flood")
+    assert action.truncated and len(action.output.encode()) == box.limits.output_bytes
+    assert time.monotonic() - start < 3  # killed at the limit, not at the time limit
+    assert action.text().endswith("[killed: output limit reached]")
+
+
+def test_memory_and_disk_are_limited(box):
+    action = box.run("head -c 2000000000 /dev/zero | tail | wc -c")
+    assert "memory exhausted" in action.output or "Cannot allocate" in action.output
+    action = box.run("dd if=/dev/zero of=/root/big bs=1M count=200 2>&1 | head -1; rm -f /root/big")
+    assert "No space left" in action.output or "File too large" in action.output
+
+
+def test_a_closed_sandbox_leaves_nothing_behind():
+    with Sandbox(backend=WORKING[0]) as b:
+        b.run("echo x > /tmp/x")
+        holder = b._holder.pid
+    assert not Path(f"/proc/{holder}").exists()
+    with pytest.raises(Exception):
+        b.run("true")
+
+
+def test_unknown_backend_is_a_one_line_error():
+    with pytest.raises(UserError, match="unknown sandbox backend 'docker': choose auto, bwrap or unshare"):
+        check_available("docker")
+
+
+def test_no_backend_refuses_instead_of_running_unsandboxed(monkeypatch):
+    import genpi.sandbox as sandbox
+
+    monkeypatch.setattr(sandbox, "_checked", {})
+    monkeypatch.setattr(sandbox.shutil, "which", lambda tool: None)
+    sandbox.backends.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable, match="install bubblewrap"):
+            Sandbox()
+    finally:
+        sandbox.backends.cache_clear()
+
+
+def test_concurrent_sandboxes_do_not_see_each_other():
+    with Sandbox(backend=WORKING[0]) as a, Sandbox(backend=WORKING[0]) as b:
+        results = {}
+
+        def work(name, box):
+            box.run(f"echo {name} > /tmp/who")
+            results[name] = box.run("cat /tmp/who; ls /tmp").output
+
+        threads = [threading.Thread(target=work, args=(n, x)) for n, x in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == {"a": "a\nwho\n", "b": "b\nwho\n"}
