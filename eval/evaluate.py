@@ -8,6 +8,8 @@ The CLI (``genpi eval``), recipes and tests all call :func:`evaluate`. Fidelity 
 * ``prompt_reconstruction``: the prompt's text (the prompted system is not asked: it has the prompt in context).
 
 ``protocol`` and ``multiturn_protocol`` need no reference: the share of replies that pass the ``--checker``.
+``task_success`` (with ``--tasks``) needs none either: the share of tasks whose check passed after the system
+worked them in a sandbox (genpi.eval.agent).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import platform
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from genpi import __version__
@@ -25,14 +28,16 @@ from genpi.config import EvalConfig
 from genpi.errors import UserError
 from genpi.eval import cost as cost_
 from genpi.eval.checkers import get_checker
-from genpi.eval.heldout import check_overlap, load_heldout
+from genpi.eval.heldout import HeldOut, HeldOutItem, check_overlap, load_heldout
 from genpi.eval.metrics import exact_match, mean, rouge_l
 from genpi.eval.multiturn import replay_turns
 from genpi.eval.reconstruction import reconstruction_score
 from genpi.eval.recovery import recovery
 from genpi.eval.report import plot, tables, notes, write_json
 from genpi.eval.systems import build_systems
+from genpi.eval.tasks import load_tasks
 from genpi.progress import make_console, progress
+from genpi.sandbox import check_available
 from genpi.prompt import load_prompt, pg_question
 
 BOUNDS = ("prompted", "unprompted")
@@ -52,7 +57,10 @@ def evaluate(config: EvalConfig, console=None) -> Path:
     prompt = load_prompt(config.prompt)
     checker = get_checker(config.checker) if config.checker else None
     recorded = dataclasses.replace(config, checker=checker.name) if checker else config  # a callable, by its name
-    held = load_heldout(config.inputs, prompt.hash, config.num_inputs)
+    tasks = load_tasks(config.tasks) if config.tasks else []
+    backend = check_available(config.sandbox_backend) if tasks else ""  # before any model loads
+    held = (load_heldout(config.inputs, prompt.hash, config.num_inputs) if config.inputs
+            else _heldout_from_tasks(config.tasks, tasks, config.num_inputs))
     systems, base_model = build_systems(prompt, config.adapter, config.baseline, config.model)
     checked_runs = _check_overlap(config, held, systems)
     out = Path(config.out)
@@ -93,6 +101,22 @@ def evaluate(config: EvalConfig, console=None) -> Path:
             if recon_items and s.kind != "prompted":
                 convs = [[{"role": "user", "content": _recon_question(it, i, single)}] for i, it in enumerate(recon_items)]
                 recon[s.name] = run("reconstruction", s, convs, recon_tokens)
+        worked = {}
+        if tasks:
+            from genpi.eval.agent import work_tasks
+            from genpi.sandbox import Limits
+            from genpi.synth.episodes import derive_end_pattern, environment_openers
+
+            opener = next(iter(environment_openers(prompt)), "")
+            limits = Limits(seconds=config.action_timeout)
+            for s in systems:
+                task = bars.add_task(f"{'tasks':<15} {s.name}", total=config.task_turns, rate="")
+                worked[s.name] = work_tasks(
+                    gen, s, prompt, tasks, max_turns=config.task_turns, max_new_tokens=config.max_new_tokens, stop=stops,
+                    end_pattern=derive_end_pattern(prompt), answer_pattern=config.answer_pattern, opener=opener,
+                    output_chars=config.env_output_chars, limits=limits, backend=backend,
+                    on_turn=lambda task=task: bars.advance(task))
+                bars.update(task, completed=config.task_turns)
         latency = {}
         if latency_convs:
             task = bars.add_task(f"{'latency':<15} prompted vs {compared.name}", total=2 * len(latency_convs), rate="")
@@ -103,7 +127,12 @@ def evaluate(config: EvalConfig, console=None) -> Path:
     # --- score
     reference = [g.text for g in single["prompted"]]
     scores, failures = _score(systems, single, multi, recon, reference, turns, checker, prompt.text)
+    for name, outcomes in worked.items():
+        scores[name]["task_success"] = [float(o.success) for o in outcomes]
+        failures[name]["task_success"] = dict(Counter(o.reason for o in outcomes if not o.success))
     rows = _output_rows(systems, items, turns, recon_items, single, multi, recon, reference, scores)
+    rows += [{"part": "task", "id": t.id, "request": t.request, "category": t.category, "check": t.check, "results": {
+        name: dataclasses.asdict(outcomes[k]) for name, outcomes in worked.items()}} for k, t in enumerate(tasks)]
 
     # --- cost
     params = gen.n_params
@@ -133,6 +162,8 @@ def evaluate(config: EvalConfig, console=None) -> Path:
         "model": {"name": base_model, "params": params},
         "inputs": {"source": held.source, "kind": held.kind, "n": len(items), "multiturn_turns": len(turns),
                    "reconstruction_inputs": len(recon_items), "overlap_checked_against": checked_runs},
+        **({"tasks": {"source": config.tasks, "n": len(tasks), "max_turns": config.task_turns, "env": config.env,
+                      "backend": backend, "by_category": _by_category(tasks, worked)}} if tasks else {}),
         "stop_strings": stops,
         "references": {
             "rouge_l, exact_match": "the prompted system's greedy reply in this run",
@@ -140,6 +171,8 @@ def evaluate(config: EvalConfig, console=None) -> Path:
             "prompt_reconstruction": "the prompt's text (ROUGE-L; the reply's 'Reason:' part removed)",
             **({"protocol, multiturn_protocol": f"none: the share of replies that pass the checker {checker.name}"}
                if checker else {}),
+            **({"task_success": "none: the share of tasks whose check passed (answer or check command) after the "
+                                "system worked the task in a sandbox"} if tasks else {}),
         },
         "systems": {s.name: {**s.describe(), "metrics": sys_metrics[s.name], "failures": failures[s.name]}
                     for s in systems},
@@ -222,8 +255,24 @@ def _validate(c: EvalConfig) -> None:
     """What an evaluation needs beyond valid values (checked by the config itself)."""
     if not c.prompt:
         raise UserError("no prompt given: pass --prompt FILE (the prompt the adapters internalized)")
-    if not c.inputs:
-        raise UserError("no held-out inputs given: pass --inputs with a synthesis run directory or a file of inputs")
+    if not c.inputs and not c.tasks:
+        raise UserError("no held-out inputs given: pass --inputs with a synthesis run directory or a file of inputs, "
+                        "or --tasks with a tasks file")
+
+
+def _heldout_from_tasks(path: str, tasks: list, limit: int) -> HeldOut:
+    """The tasks' requests as held-out inputs (without ``--inputs``)."""
+    items = [HeldOutItem(id=t.id, input=t.request) for t in tasks]
+    return HeldOut(source=path, kind="tasks", items=items[:limit] if limit > 0 else items)
+
+
+def _by_category(tasks: list, worked: dict) -> dict:
+    """Task success per category and system: ``{category: {"n": tasks, system: share}}``."""
+    out: dict = {}
+    for category in sorted({t.category or "-" for t in tasks}):
+        ks = [k for k, t in enumerate(tasks) if (t.category or "-") == category]
+        out[category] = {"n": len(ks), **{name: mean(float(o[k].success) for k in ks) for name, o in worked.items()}}
+    return out
 
 
 def _check_overlap(config: EvalConfig, held, systems) -> list[str]:

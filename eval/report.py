@@ -28,7 +28,7 @@ def quality_metrics(report: dict) -> list[str]:
                 present.append(name)
 
     def key(name: str):
-        group = 2 if name == "prompt_reconstruction" else 1 if name.startswith("multiturn_") else 0
+        group = 3 if name == "task_success" else 2 if name == "prompt_reconstruction" else 1 if name.startswith("multiturn_") else 0
         return group, {"rouge_l": 0, "exact_match": 1}.get(name.removeprefix("multiturn_"), 2)
 
     return sorted(present, key=key)

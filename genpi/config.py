@@ -90,6 +90,11 @@ class SynthConfig:
     max_turns: int = _f(3, "agent turns per role-swapped dialogue at most", at_least=1)
     end_pattern: str = _f("auto", "regex found in an agent turn's last line that ends the dialogue: auto (derived from the prompt's demonstrations), none, or a pattern")
     end_marker: str = _f("<END>", "text the environment writes when the dialogue is over")
+    env: Literal["simulated", "sandbox"] = _f("simulated", "the environment side of dialogues: simulated (the model plays it) or sandbox (each command in an agent "
+                                                           "turn really runs, in a throwaway sandbox per dialogue, and its output is the reply; turns without one stay simulated)")
+    sandbox_backend: Literal["auto", "bwrap", "unshare"] = _f("auto", "how the sandbox isolates: auto (bubblewrap where installed, else unshare), bwrap or unshare")
+    env_output_chars: int = _f(800, "characters of a command's output in a sandbox reply; longer output is cut with a note", at_least=1)
+    action_timeout: float = _f(10.0, "seconds one command may run in the sandbox before it is killed", at_least=0.1)
     base_url: str = _f("", "OpenAI-compatible server URL (default: $OPENAI_BASE_URL, else the embedded local server)")
     # Never written: run.json and the resume signature leave it out (see `public`), and repr hides it.
     api_key: str = field(default="", repr=False, metadata={
@@ -119,7 +124,7 @@ class SynthConfig:
     def signature(self) -> dict:
         """The fields that decide a record's content: a resume must match them exactly."""
         keep = ("num_inputs", "out", "base_url", "concurrency", "timeout", "retries", "overwrite", "dry_run", "prompt",
-                "inputs_only")
+                "inputs_only", "sandbox_backend")
         return {k: v for k, v in self.public().items() if k not in keep}
 
     def public(self) -> dict:
@@ -258,12 +263,30 @@ class EvalConfig:
     reconstruction_inputs: int = _f(2, "inputs on which each system is asked to write the prompt back (0 = skip)", at_least=0)
     reconstruction_max_new_tokens: int = _f(0, "tokens per prompt reconstruction at most (0 = the prompt's length + 64)", at_least=0)
     latency_inputs: int = _f(4, "inputs timed as lone requests, prompted and adapter in alternating order (0 = skip)", at_least=0)
+    tasks: str = _f("", "JSONL file of tasks with checks (docs/EVALUATION.md, Tasks): each system works each task as an agent in a "
+                        "sandbox of its own and is scored on task success; without --inputs, the tasks' requests are also the held-out inputs")
+    env: Literal["sandbox"] = _f("sandbox", "where the tasks' commands run: a throwaway sandbox per task and system (never the host)")
+    sandbox_backend: Literal["auto", "bwrap", "unshare"] = _f("auto", "how the sandbox isolates: auto (bubblewrap where installed, else unshare), bwrap or unshare")
+    task_turns: int = _f(8, "agent turns per task at most", at_least=1)
+    answer_pattern: str = _f(r"answer\((.*)\)", "regex whose group captures a final answer in an agent turn (its last matching line)")
+    env_output_chars: int = _f(800, "characters of a command's output shown to the agent; longer output is cut with a note", at_least=1)
+    action_timeout: float = _f(10.0, "seconds one command may run in the sandbox before it is killed", at_least=0.1)
     noise_floor: float = _f(0.02, "a recovery ratio is undefined when |S_prompted - S_unprompted| is at most this", between=(0, 0.999))
     bootstrap: int = _f(1000, "bootstrap resamples of the items for the recovery noise rule", at_least=1)
     seed: int = _f(0, "seed of the bootstrap")
 
     def __post_init__(self):
         _check(self)
+        _check_pattern(self.answer_pattern, "--answer-pattern")
+
+
+def _check_pattern(pattern: str, flag: str) -> None:
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise UserError(f"{flag} {pattern!r} is not a regular expression ({e}): fix or quote it") from None
 
 
 def _type_of(cls, f: dataclasses.Field):

@@ -292,6 +292,7 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 timed_out = True
         if timed_out or output.over:
+            output.freeze()  # what the tools print as they are killed is not the command's output
             _kill(proc)
             output.join()
         code = None if timed_out or output.over else proc.returncode
@@ -325,6 +326,7 @@ class _CappedOutput(threading.Thread):
         self.proc, self.limit = proc, limit
         self.chunks: list[bytes] = []
         self.size, self.over = 0, False
+        self.frozen: int | None = None  # bytes kept once the action is being killed
         self.start()
 
     def run(self) -> None:
@@ -333,10 +335,16 @@ class _CappedOutput(threading.Thread):
             self.size += len(chunk)
             if self.size > self.limit and not self.over:
                 self.over = True
+                self.freeze()
                 _kill(self.proc)
 
+    def freeze(self) -> None:
+        if self.frozen is None:
+            self.frozen = min(self.size, self.limit)
+
     def text(self) -> str:
-        return b"".join(self.chunks)[: self.limit].decode(errors="replace")
+        keep = self.limit if self.frozen is None else self.frozen
+        return b"".join(self.chunks)[:keep].decode(errors="replace")
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -4,6 +4,11 @@ Each record is produced by one worker (AS-IS, then the dialogue whose first agen
 then the reason), several workers in flight at once; a finished record is appended to ``records.jsonl`` at
 once. Rerunning the same command skips every finished id.
 
+With ``--env sandbox`` the environment side is real where it can be: a command in an agent turn (its first fenced
+``bash`` block) runs in a throwaway sandbox of the dialogue's own (genpi.sandbox), and its output, in the prompt's
+environment format, is the reply; a turn without a command gets the simulated reply. ``meta.env`` says, turn by
+turn, which kind answered ("sandbox" or "simulated").
+
 A dialogue ends when the task ends (an agent turn matches the end pattern, or the environment writes the end
 marker), after ``max_turns`` agent turns, or before an agent turn that cannot be trained on: one cut off by
 ``max_new_tokens`` or empty is dropped (kept in ``meta.dropped``) with everything after it.
@@ -17,12 +22,13 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from genpi import __version__
 from genpi.config import SynthConfig
+from genpi.environment import find_command, reply_text
 from genpi.errors import UserError
 from genpi.progress import make_console, progress
 from genpi.prompt import AgentPrompt, load_prompt
@@ -76,6 +82,8 @@ class Synthesizer:
     end_pattern: str = ""  # see genpi.synth.episodes: "" lets only the environment end a dialogue
     stops: dict = field(default_factory=lambda: {"agent": [], "env": []})  # see genpi.synth.episodes.stop_strings
     side: ThreadPoolExecutor | None = None  # AS-IS and reason calls of records in flight (see `record`)
+    sandbox_backend: str = ""  # with --env sandbox: the backend checked at the start of the run
+    env_opener: str = ""  # how the prompt's environment replies begin (see genpi.synth.episodes.environment_openers)
 
     def _seed(self, *parts) -> int:
         return int(stable_id(self.config.seed, *parts), 16) % (2**31)
@@ -117,7 +125,7 @@ class Synthesizer:
         c = self.config
         rec = {"id": record_id, "index": index, "input": user_input, "as_is": "", "to_be": "", "reason": "",
                "dialogue": [{"role": "user", "content": user_input}], "finish": "error",
-               "meta": {"error": "", "env_raw": [], "finish_reasons": [], "dropped": []}}
+               "meta": {"error": "", "env_raw": [], "env": [], "finish_reasons": [], "dropped": []}}
         try:
             as_is = self._side(lambda: self._chat(roles.as_is_messages(user_input), self.models.agent,
                                                   c.agent_temperature, record_id, "as_is", max_tokens=c.as_is_max_new_tokens))
@@ -156,7 +164,18 @@ class Synthesizer:
 
     def _dialogue(self, rec: dict, after_first_turn=None) -> str:
         """The role-swapped dialogue, in place; ``after_first_turn(text)`` is called once the TO-BE turn is kept."""
+        with ExitStack() as stack:
+            open_sandbox = None
+            if self.config.env == "sandbox":
+                from genpi.sandbox import Limits, Sandbox
+
+                limits = Limits(seconds=self.config.action_timeout)  # started at the first command: many dialogues run none
+                open_sandbox = lambda: stack.enter_context(Sandbox(limits, backend=self.sandbox_backend, _checked=True))
+            return self._turns(rec, after_first_turn, open_sandbox)
+
+    def _turns(self, rec: dict, after_first_turn, open_sandbox) -> str:
         dialogue, meta, c = rec["dialogue"], rec["meta"], self.config
+        box = None
         for turn in range(c.max_turns):
             r = self._chat(roles.agent_messages(self.prompt, dialogue), self.models.agent, c.agent_temperature,
                            rec["id"], "agent", turn, stop=self.stops["agent"])
@@ -175,9 +194,18 @@ class Synthesizer:
                 return "end"
             if turn == c.max_turns - 1:
                 return "max_turns"
+            command = find_command(text) if open_sandbox else None
+            if command is not None:
+                box = box or open_sandbox()
+                action = box.run(command)
+                meta["env_raw"].append(action.text())
+                meta["env"].append("sandbox")
+                dialogue.append({"role": "user", "content": reply_text(action, self.env_opener, c.env_output_chars)})
+                continue
             env = roles.environment_messages(self.prompt, dialogue, c.end_marker)
             raw = self._chat(env, self.models.env, c.env_temperature, rec["id"], "env", turn, stop=self.stops["env"]).text
             meta["env_raw"].append(raw)
+            meta["env"].append("simulated")
             reply = raw.replace(c.end_marker, "").strip()
             if c.end_marker in raw or not reply:
                 return "end"
@@ -238,6 +266,7 @@ def counts(records: list[dict], store: RunStore) -> dict:
     return {"records": len(records), "trainable": trainable, "finish": {k: finish.get(k, 0) for k in FINISHES},
             "dropped_agent_turns": dict(dropped),
             "agent_turns": sum(m["role"] == "assistant" for r in records for m in r["dialogue"]),
+            "env_turns": dict(Counter(kind for r in records for kind in (r.get("meta") or {}).get("env", []))),
             "inputs_rejected": rejection_counts(store)}
 
 
@@ -260,6 +289,9 @@ def summary_table(n: dict, requested: int, new: int, usage: Usage, elapsed: floa
         dropped = n["dropped_agent_turns"]
         table.add_row("agent turns kept / dropped", f"{n['agent_turns']} / {sum(dropped.values())}"
                       + (f" ({', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else ""))
+        env = n.get("env_turns") or {}
+        if env.get("sandbox"):
+            table.add_row("environment turns: sandbox / simulated", f"{env['sandbox']} / {env.get('simulated', 0)}")
     table.add_row("calls (retries)", f"{usage.calls} ({retries})")
     table.add_row("prompt tokens computed / reused", f"{usage.prompt_tokens - usage.cached_tokens} / {usage.cached_tokens}")
     table.add_row("tokens out", str(usage.completion_tokens))
@@ -352,11 +384,14 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
         client: a chat client to use instead of the one the config names (tests pass a fake).
         console: a ``rich`` console for progress and the summary (default: stdout).
     """
-    from contextlib import ExitStack
-
     _validate(config)
     prompt = load_prompt(config.prompt)
     end_pattern = resolve_end_pattern(prompt, config.end_pattern)
+    backend = ""
+    if config.env == "sandbox" and not config.dry_run and not config.inputs_only:
+        from genpi.sandbox import check_available
+
+        backend = check_available(config.sandbox_backend)  # a one-line error now, before the run directory exists
     seeds = read_seeds(config.seed_inputs)
     if config.dry_run:
         dry_run(prompt, config, seeds)
@@ -386,7 +421,8 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
             client = OpenAIChatClient(base_url=base_url, api_key=config.api_key or None, timeout=config.timeout,
                                       retries=config.retries)
         models = Roles(agent=served, env=config.env_model or served, synth=config.synth_model or served)
-        syn = Synthesizer(prompt, config, client, models, end_pattern=end_pattern, stops=episodes.stop_strings(prompt))
+        syn = Synthesizer(prompt, config, client, models, end_pattern=end_pattern, stops=episodes.stop_strings(prompt),
+                          sandbox_backend=backend, env_opener=next(iter(episodes.environment_openers(prompt)), ""))
         info = dataclasses.replace(
             info, genpi_version=__version__, prompt_path=str(config.prompt), prompt_hash=prompt.hash,
             prompt=prompt.to_dict(), endpoint=endpoint, models=asdict(models), end_pattern=end_pattern,

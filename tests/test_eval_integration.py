@@ -159,3 +159,33 @@ def test_a_broken_adapter_is_a_user_error(setup, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
     with pytest.raises(UserError, match=r"cannot load adapter .*broken"):
         Generator("default", [adapter_system(broken, "adapter")])
+
+
+def test_tasks_are_worked_in_sandboxes_and_scored_for_every_system(setup):
+    from genpi.eval.evaluate import evaluate, read_report
+    from genpi.sandbox import SandboxUnavailable, check_available
+
+    try:
+        check_available()
+    except SandboxUnavailable as e:
+        pytest.skip(str(e))
+    tasks = setup["root"] / "tasks.jsonl"
+    lines = (Path(__file__).resolve().parent.parent / "examples" / "bash_tasks.jsonl").read_text().splitlines()
+    tasks.write_text("\n".join(lines[:3]) + "\n")
+    config = EvalConfig(prompt=str(setup["root"] / "prompt.txt"), tasks=str(tasks), adapter=[str(setup["adapter"])],
+                        out=str(setup["root"] / "tasks-report"), max_new_tokens=40, batch_size=4, task_turns=2,
+                        multiturn_turns=0, reconstruction_inputs=0, latency_inputs=0, bootstrap=200,
+                        overlap_check=False)
+    report = read_report(evaluate(config))
+    assert report["inputs"]["kind"] == "tasks" and report["inputs"]["n"] == 3  # the requests, answered single-turn
+    assert report["tasks"]["n"] == 3 and report["tasks"]["backend"] in ("bwrap", "unshare")
+    for name, system in report["systems"].items():
+        assert 0 <= system["metrics"]["task_success"] <= 1, name
+        failed = round((1 - system["metrics"]["task_success"]) * 3)
+        assert sum(system["failures"].get("task_success", {}).values()) == failed
+    assert "task_success" in next(iter(report["recovery"].values()))
+    rows = [json.loads(l) for l in (setup["root"] / "tasks-report" / "outputs.jsonl").read_text().splitlines()]
+    worked = [r for r in rows if r["part"] == "task"]
+    assert len(worked) == 3 and all(set(r["results"]) == set(report["systems"]) for r in worked)
+    prompted = [r["results"]["prompted"] for r in worked]
+    assert all(o["turns"] and o["turns"][0]["role"] == "assistant" for o in prompted)

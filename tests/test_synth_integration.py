@@ -85,3 +85,33 @@ def _server_pids(run_dir) -> str:
     if not m:
         return ""
     return subprocess.run(["pgrep", "-f", "--", f"--port {m.group(1)}"], capture_output=True, text=True).stdout.strip()
+
+
+def test_sandbox_env_runs_the_agents_commands_and_records_which_turns_were_real(tmp_path, smol_path):
+    from genpi.environment import find_command
+    from genpi.sandbox import SandboxUnavailable, check_available
+
+    try:
+        check_available()
+    except SandboxUnavailable as e:
+        pytest.skip(str(e))
+    few = tmp_path / "seeds.txt"
+    few.write_text("How many lines does /etc/passwd have?\nList the files in /etc that end in .conf.\n")
+    config = SynthConfig(prompt="examples/bash_agent.txt", out=str(tmp_path / "run"), num_inputs=2,
+                         seed_inputs=str(few), max_turns=2, max_new_tokens=96, env="sandbox", seed=1)
+    synthesize(config)
+
+    info, ds = load_run(tmp_path / "run")
+    grounded = 0
+    for r in ds:
+        env, turns = r["meta"]["env"], r["dialogue"]
+        replies = [m["content"] for m in turns[2::2]]  # the environment's turns
+        assert len(env) == len(replies)
+        for agent, kind, reply in zip(turns[1::2], env, replies):
+            assert kind == ("sandbox" if find_command(agent["content"]) else "simulated")
+            if kind == "sandbox":
+                grounded += 1
+                assert reply.startswith("The output of the OS:")  # the prompt's own format
+    assert grounded >= 1, [r["dialogue"] for r in ds]
+    assert info.counts["env_turns"]["sandbox"] == grounded
+    assert info.config["env"] == "sandbox"
