@@ -22,7 +22,7 @@ def work_tasks(gen, system, prompt, tasks: list[Task], *, max_turns: int, max_ne
     """One :class:`Outcome` per task, in order, for ``system`` (a genpi.eval.systems.System run by ``gen``)."""
     from genpi.synth.episodes import ends_task
 
-    boxes = [Sandbox(limits, backend=backend, _checked=True) for _ in tasks]
+    boxes = [Sandbox(limits, backend=backend) for _ in tasks]
     outcomes: list[Outcome | None] = [None] * len(tasks)
     expected: list[str | None] = [None] * len(tasks)
     answers: list[str | None] = [None] * len(tasks)

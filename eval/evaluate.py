@@ -32,7 +32,7 @@ from genpi.eval.heldout import HeldOut, HeldOutItem, check_overlap, load_heldout
 from genpi.eval.metrics import exact_match, mean, rouge_l
 from genpi.eval.multiturn import replay_turns
 from genpi.eval.reconstruction import reconstruction_score
-from genpi.eval.recovery import recovery
+from genpi.eval.recovery import mean_interval, recovery
 from genpi.eval.report import plot, tables, notes, write_json
 from genpi.eval.systems import build_systems
 from genpi.eval.tasks import load_tasks
@@ -163,7 +163,9 @@ def evaluate(config: EvalConfig, console=None) -> Path:
         "inputs": {"source": held.source, "kind": held.kind, "n": len(items), "multiturn_turns": len(turns),
                    "reconstruction_inputs": len(recon_items), "overlap_checked_against": checked_runs},
         **({"tasks": {"source": config.tasks, "n": len(tasks), "max_turns": config.task_turns, "env": config.env,
-                      "backend": backend, "by_category": _by_category(tasks, worked)}} if tasks else {}),
+                      "backend": backend, "by_category": _by_category(tasks, worked),
+                      "success_ci": {name: mean_interval(scores[name]["task_success"], config.bootstrap, config.seed)
+                                     for name in worked}}} if tasks else {}),
         "stop_strings": stops,
         "references": {
             "rouge_l, exact_match": "the prompted system's greedy reply in this run",

@@ -44,8 +44,7 @@ def recovery(
     if n == 0:
         return _result(None, "no items scored", None, None, None, 0)
     gap = float(p.mean() - u.mean())
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
+    idx = _resamples(n, n_boot, seed)
     boot_gap = p[idx].mean(axis=1) - u[idx].mean(axis=1)
     gap_ci = [float(np.percentile(boot_gap, 2.5)), float(np.percentile(boot_gap, 97.5))]
     if n < 2:
@@ -64,3 +63,18 @@ def recovery(
 def _result(ratio, reason, gap, gap_ci, ratio_ci, n) -> dict:
     return {"ratio": ratio, "defined": ratio is not None, "reason": reason, "gap": gap, "gap_ci": gap_ci,
             "ratio_ci": ratio_ci, "n": n}
+
+
+def mean_interval(scores: list[float], n_boot: int = N_BOOT, seed: int = 0) -> list[float] | None:
+    """The 95% bootstrap interval of the mean of per-item ``scores`` (items resampled as for the recovery ratio),
+    or None for fewer than 2 items."""
+    if len(scores) < 2:
+        return None
+    x = np.asarray(scores, dtype=float)
+    boot = x[_resamples(len(x), n_boot, seed)].mean(axis=1)
+    return [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+
+
+def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """``n_boot`` resamples of ``n`` item indices, with replacement: the same for every system of a run."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))

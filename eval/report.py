@@ -95,7 +95,23 @@ def tables(report: dict) -> list:
         costs.add_row("end-to-end s (median)", *(_fmt((latency.get(n) or {}).get("e2e_s")) for n in names))
     costs.add_row("break-even requests", *(
         _fmt(round(break_even[n]["requests"]) if (break_even.get(n) or {}).get("requests") else None) for n in names))
-    return [quality, recovery, costs] if trained else [quality, costs]
+    out = [quality, recovery, costs] if trained else [quality, costs]
+    tasks = report.get("tasks")
+    if tasks:
+        by = Table(title=f"task success by category ({tasks['n']} tasks from {tasks['source']}, at most {tasks['max_turns']} "
+                         f"agent turns each, sandbox: {tasks['backend']})")
+        by.add_column("category")
+        by.add_column("tasks", justify="right")
+        for name in names:
+            by.add_column(name, justify="right")
+        for category, row in tasks["by_category"].items():
+            by.add_row(category, str(row["n"]), *(_fmt(row.get(n)) for n in names))
+        cis = tasks.get("success_ci") or {}
+        by.add_row("all [95% bootstrap interval]", str(tasks["n"]), *(
+            _fmt(report["systems"][n]["metrics"].get("task_success"), 2)
+            + (f" [{cis[n][0]:.2f}, {cis[n][1]:.2f}]" if cis.get(n) else "") for n in names))
+        out.insert(1, by)
+    return out
 
 
 def notes(report: dict) -> list[str]:

@@ -80,11 +80,14 @@ class Action:
         return out
 
 
-def _drop_privileges() -> list[str]:
-    """As root, run the sandbox tools as ``SANDBOX_UID`` (its user namespace then maps root to that uid)."""
-    if os.geteuid() != 0:
-        return []
-    return ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups"]
+def _setpriv() -> list[str]:
+    """The prefix of every sandbox tool's command: it dies with the thread that started it (so a killed genpi leaves
+    no sandbox or command running), and, as root, it runs as ``SANDBOX_UID`` (its user namespace then maps root to
+    that uid)."""
+    args = ["setpriv", "--pdeathsig", "KILL"]
+    if os.geteuid() == 0:
+        args += [f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups"]
+    return args
 
 
 # The unshare backend's holder: run as root of the new namespaces, with the host's root still visible, it mounts
@@ -121,7 +124,7 @@ exec sleep infinity
 
 
 def _unshare_holder(mountpoint: str, limits: Limits) -> list[str]:
-    return [*_drop_privileges(), "unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child",
+    return [*_setpriv(), "unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child",
             "--net", "--ipc", "--uts", "--propagation", "private",
             "/bin/sh", "-c", _UNSHARE_SETUP, "genpi-sandbox", mountpoint, str(limits.disk_mb)]
 
@@ -129,7 +132,7 @@ def _unshare_holder(mountpoint: str, limits: Limits) -> list[str]:
 _HOST_ETC = "/.genpi-host-etc"  # where bwrap shows the host's /etc until the holder's setup has copied it
 
 def _bwrap_holder(limits: Limits, info_fd: int) -> list[str]:
-    args = [*_drop_privileges(), "bwrap", "--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid",
+    args = [*_setpriv(), "bwrap", "--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid",
             "--unshare-net", "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox", "--die-with-parent",
             "--new-session", "--info-fd", str(info_fd),
             "--size", str(limits.disk_mb * 1024 * 1024), "--perms", "0755", "--tmpfs", "/",
@@ -170,7 +173,9 @@ def check_available(backend: str = "auto") -> str:
                 _checked[b] = f"{b} is not installed"
             else:
                 try:
-                    with Sandbox(backend=b, _checked=True) as box:
+                    box = Sandbox.__new__(Sandbox)  # unchecked: this is the check
+                    box._init(Limits(), b)
+                    with box:
                         action = box.run("echo ok")
                     _checked[b] = "" if action.output.strip() == "ok" else f"{b}: a test command printed {action.output!r}"
                 except SandboxError as e:
@@ -187,14 +192,19 @@ def check_available(backend: str = "auto") -> str:
 class Sandbox:
     """One throwaway environment: start it (``with Sandbox() as box``), :meth:`run` commands in it, close it.
 
+    It lives as long as the thread that started it, at most: start and use it in a thread that outlives its use.
+
     Args:
         limits: what each action may use.
         backend: ``auto``, ``bwrap`` or ``unshare`` (see the module docstring).
     """
 
-    def __init__(self, limits: Limits = Limits(), backend: str = "auto", _checked: bool = False):
+    def __init__(self, limits: Limits = Limits(), backend: str = "auto"):
+        self._init(limits, check_available(backend))  # checked once per backend and process, then remembered
+
+    def _init(self, limits: Limits, backend: str) -> None:
         self.limits = limits
-        self.backend = backend if _checked else check_available(backend)
+        self.backend = backend
         self._holder: subprocess.Popen | None = None
         self._target = 0  # host pid whose namespaces the actions enter
         self._dir = ""
@@ -248,7 +258,7 @@ class Sandbox:
 
     def _enter(self, own_pid_namespace: bool = True) -> list[str]:
         """The command prefix that enters the holder's namespaces (and, for an action, a PID namespace of its own)."""
-        args = [*_drop_privileges(), "nsenter", f"--target={self._target}", "--user", "--mount", "--net", "--ipc",
+        args = [*_setpriv(), "nsenter", f"--target={self._target}", "--user", "--mount", "--net", "--ipc",
                 "--uts", "--preserve-credentials"]
         if own_pid_namespace:
             args += ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation", "private"]

@@ -170,7 +170,7 @@ class Synthesizer:
                 from genpi.sandbox import Limits, Sandbox
 
                 limits = Limits(seconds=self.config.action_timeout)  # started at the first command: many dialogues run none
-                open_sandbox = lambda: stack.enter_context(Sandbox(limits, backend=self.sandbox_backend, _checked=True))
+                open_sandbox = lambda: stack.enter_context(Sandbox(limits, backend=self.sandbox_backend))
             return self._turns(rec, after_first_turn, open_sandbox)
 
     def _turns(self, rec: dict, after_first_turn, open_sandbox) -> str:
@@ -341,6 +341,14 @@ def dry_run(prompt: AgentPrompt, config: SynthConfig, seeds: list[str]) -> None:
     console.rule("stop strings")
     console.print(f"agent turns stop at {stops['agent']}, environment turns at {stops['env']}", markup=False,
                   highlight=False)
+    console.rule("environment")
+    if config.env == "sandbox":
+        opener = next(iter(episodes.environment_openers(prompt)), "")
+        console.print(f"an agent turn's first fenced bash block runs in the dialogue's sandbox; the reply is {opener!r} "
+                      f"and its output (at most {config.env_output_chars} characters); turns without one are "
+                      "answered by the model as in 3.", markup=False, highlight=False)
+    else:
+        console.print("simulated: the model answers every agent turn as in 3.", markup=False, highlight=False)
     console.rule("end of a dialogue")
     console.print(f"an agent turn whose last line matches {pattern!r}" if pattern else "no end pattern",
                   f"or an environment reply with {config.end_marker!r}; at most {config.max_turns} agent turns",

@@ -179,6 +179,7 @@ def test_tasks_are_worked_in_sandboxes_and_scored_for_every_system(setup):
     report = read_report(evaluate(config))
     assert report["inputs"]["kind"] == "tasks" and report["inputs"]["n"] == 3  # the requests, answered single-turn
     assert report["tasks"]["n"] == 3 and report["tasks"]["backend"] in ("bwrap", "unshare")
+    assert set(report["tasks"]["success_ci"]) == set(report["systems"])  # each system's rate, with its interval
     for name, system in report["systems"].items():
         assert 0 <= system["metrics"]["task_success"] <= 1, name
         failed = round((1 - system["metrics"]["task_success"]) * 3)

@@ -112,3 +112,14 @@ def test_recovery_undefined_with_fewer_than_two_items():
 def test_recovery_rejects_unpaired_scores():
     with pytest.raises(ValueError):
         recovery([1.0, 1.0], [0.0], [0.5, 0.5])
+
+
+def test_the_mean_interval_brackets_the_mean_and_narrows_with_more_items():
+    from genpi.eval.recovery import mean_interval
+
+    few = mean_interval([1, 0] * 5, seed=0)
+    many = mean_interval([1, 0] * 50, seed=0)
+    assert few[0] < 0.5 < few[1] and many[0] < 0.5 < many[1]
+    assert many[1] - many[0] < few[1] - few[0]
+    assert mean_interval([1, 1, 1]) == [1.0, 1.0]
+    assert mean_interval([1]) is None

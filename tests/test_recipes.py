@@ -50,3 +50,17 @@ def test_proof_smoke_reports_protocol_recovery_for_both_agents(tmp_path, smol_pa
         assert list(report["systems"]) == ["prompted", "unprompted", "genpi:genpi"]
         assert "protocol" in report["systems"]["genpi:genpi"]["metrics"]
         assert "protocol" in report["recovery"]["genpi:genpi"]
+
+
+@pytest.mark.slow  # two syntheses, two trainings, a task evaluation (about 3.5 minutes)
+def test_tasks_smoke_compares_simulated_and_sandboxed_dialogues_by_task_success(tmp_path, smol_path):
+    out = tmp_path / "tasks"
+    assert main(["run", "recipes/tasks.py", "--smoke", "--out", str(out)]) == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert list(report["systems"]) == ["prompted", "unprompted", "genpi:genpi-simulated", "genpi:genpi-sandbox"]
+    assert all("task_success" in s["metrics"] for s in report["systems"].values())
+    grounded = json.loads((out / "train-sandbox" / "run.json").read_text())
+    assert grounded["config"]["env"] == "sandbox"
+    simulated = [json.loads(l)["input"] for l in (out / "train-simulated" / "records.jsonl").read_text().splitlines()]
+    sandboxed = [json.loads(l)["input"] for l in (out / "train-sandbox" / "records.jsonl").read_text().splitlines()]
+    assert sorted(simulated) == sorted(sandboxed)  # the same inputs: only the environment differs

@@ -206,3 +206,33 @@ def test_concurrent_sandboxes_do_not_see_each_other():
         for t in threads:
             t.join()
     assert results == {"a": "a\nwho\n", "b": "b\nwho\n"}
+
+
+@pytest.mark.parametrize("backend", WORKING or ["none"])
+def test_a_killed_genpi_leaves_no_sandbox_or_command_running(backend, tmp_path):
+    import signal
+    import sys
+
+    script = tmp_path / "victim.py"
+    script.write_text(
+        "import sys\nfrom genpi.sandbox import Sandbox\n"
+        f"box = Sandbox(backend={backend!r})\nbox.start()\n"
+        "print(box._holder.pid, flush=True)\n"
+        "box.run('sleep 987654')\n")
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    holder = int(child.stdout.readline())
+    deadline = time.monotonic() + 10
+    while "sleep 987654" not in subprocess.run(["ps", "-e", "-o", "args="], capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline, "the action never started"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        ps = subprocess.run(["ps", "-e", "-o", "pid=,stat=,args="], capture_output=True, text=True).stdout
+        alive = [l for l in ps.splitlines() if not l.split()[1].startswith("Z")
+                 and ("sleep 987654" in l or l.split()[0] == str(holder))]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive

@@ -173,3 +173,42 @@ def test_each_system_starts_from_the_tasks_setup_not_from_another_systems_work()
     agent = ScriptedAgent({"Append a line.": [_bash("echo b >> /srv/f"), "Act: finish"]})
     assert _work(agent, [task])[0].success
     assert _work(agent, [task])[0].success  # a second system's sandbox is fresh: 2 lines again, not 3
+
+
+# --- bad input on the command line
+
+
+def test_a_missing_or_broken_tasks_file_is_one_line_before_any_model_loads(tmp_path, capsys):
+    from genpi.cli import main
+
+    out = tmp_path / "report"
+    assert main(["eval", "--prompt", "examples/bash_agent.txt", "--tasks", str(tmp_path / "none.jsonl"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genpi: error: --tasks") and "does not exist" in err and "\n" not in err
+    bad = _write(tmp_path, OK, '{"id": "b", "request": "x", "check": {"answer": "1"}, "oops": 1}')
+    assert main(["eval", "--prompt", "examples/bash_agent.txt", "--tasks", bad, "--out", str(out)]) == 2
+    assert "line 2 has unknown key(s) oops" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_without_a_sandbox_nothing_runs_and_nothing_is_written(tmp_path, capsys, monkeypatch):
+    import genpi.sandbox as sandbox
+    from genpi.cli import main
+
+    monkeypatch.setattr(sandbox, "_checked", {})
+    monkeypatch.setattr(sandbox.shutil, "which", lambda tool: None)
+    sandbox.backends.cache_clear()
+    try:
+        run = tmp_path / "run"
+        assert main(["synth", "--prompt", "examples/bash_agent.txt", "--env", "sandbox", "--out", str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "cannot run commands isolated here" in err and "install bubblewrap" in err and "\n" not in err
+        assert not run.exists()
+        out = tmp_path / "report"
+        assert main(["eval", "--prompt", "examples/bash_agent.txt", "--tasks", _write(tmp_path, OK),
+                     "--out", str(out)]) == 2
+        assert "cannot run commands isolated here" in capsys.readouterr().err
+        assert not out.exists()
+    finally:
+        sandbox.backends.cache_clear()
