@@ -1,6 +1,6 @@
 """Task success: adapters trained on simulated and on grounded (sandbox) dialogues, side by side, on tasks with checks.
 
-    genpi run recipes/tasks.py                    # the bash example and its 51 tasks (timing: docs/RESULTS.md)
+    genpi run recipes/tasks.py                    # the bash example and its 51 tasks, about 40 min on 2 CPU cores
     genpi run recipes/tasks.py --prompt agent.txt --tasks agent_tasks.jsonl --checker agent_checks.py:protocol
     genpi run recipes/tasks.py --smoke            # the CI size: same steps, smaller numbers
 
