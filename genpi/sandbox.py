@@ -72,12 +72,11 @@ class Action:
 
     def text(self) -> str:
         """The output as the agent is shown it, with a note when the action was cut short."""
-        out = self.output
-        if self.timed_out:
-            out += f"{chr(10) if out and not out.endswith(chr(10)) else ''}[killed: still running after the time limit]"
-        elif self.truncated:
-            out += f"{chr(10) if out and not out.endswith(chr(10)) else ''}[killed: output limit reached]"
-        return out
+        note = ("[killed: still running after the time limit]" if self.timed_out
+                else "[killed: output limit reached]" if self.truncated else "")
+        if not note:
+            return self.output
+        return self.output + ("\n" if self.output and not self.output.endswith("\n") else "") + note
 
 
 def _setpriv() -> list[str]:
@@ -180,6 +179,8 @@ def check_available(backend: str = "auto") -> str:
                     _checked[b] = "" if action.output.strip() == "ok" else f"{b}: a test command printed {action.output!r}"
                 except SandboxError as e:
                     _checked[b] = str(e)
+                except OSError as e:  # a tool it needs besides the backend (setpriv, nsenter, prlimit) is missing
+                    _checked[b] = f"{b}: cannot run {e.filename or 'a tool it needs'} ({e.strerror})"
         if not _checked[b]:
             return b
         reasons.append(_checked[b])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from genpi.errors import UserError
-from genpi.sandbox import (SANDBOX_UID, Limits, Sandbox, SandboxUnavailable, backends, check_available)
+from genpi.sandbox import SANDBOX_UID, Limits, Sandbox, SandboxError, SandboxUnavailable, backends, check_available
 
 
 def _working_backends() -> list[str]:
@@ -170,7 +170,7 @@ def test_a_closed_sandbox_leaves_nothing_behind():
         b.run("echo x > /tmp/x")
         holder = b._holder.pid
     assert not Path(f"/proc/{holder}").exists()
-    with pytest.raises(Exception):
+    with pytest.raises(SandboxError, match="not running"):
         b.run("true")
 
 
@@ -236,3 +236,12 @@ def test_a_killed_genpi_leaves_no_sandbox_or_command_running(backend, tmp_path):
             break
         time.sleep(0.1)
     assert not alive
+
+
+def test_a_missing_helper_tool_is_a_reason_not_a_crash(monkeypatch):
+    import genpi.sandbox as sandbox
+
+    monkeypatch.setattr(sandbox, "_checked", {})
+    monkeypatch.setattr(sandbox, "_setpriv", lambda: ["genpi-no-such-setpriv"])
+    with pytest.raises(SandboxUnavailable, match="cannot run genpi-no-such-setpriv"):
+        check_available(WORKING[0])
