@@ -34,7 +34,7 @@ from genpi.eval.multiturn import replay_turns
 from genpi.eval.reconstruction import reconstruction_score
 from genpi.eval.recovery import mean_interval, recovery
 from genpi.eval.report import plot, tables, notes, write_json
-from genpi.eval.systems import build_systems
+from genpi.eval.systems import build_systems, compressed_system
 from genpi.eval.tasks import load_tasks
 from genpi.progress import make_console, progress
 from genpi.sandbox import check_available
@@ -71,6 +71,9 @@ def evaluate(config: EvalConfig, console=None) -> Path:
 
     with console.status(f"loading {base_model} and {len(systems) - 2} adapter(s)"):
         gen = Generator(base_model, systems, rows=config.batch_size)
+    for rate in config.compressed:
+        with console.status(f"compressing the prompt to {rate} of its tokens"):
+            systems.append(compressed_system(gen, prompt, rate))
 
     from genpi.synth.episodes import stop_strings
 
@@ -98,7 +101,7 @@ def evaluate(config: EvalConfig, console=None) -> Path:
             if turns:
                 multi[s.name] = run("multi-turn", s, [t.conversation for t in turns], config.max_new_tokens)
         for s in systems:
-            if recon_items and s.kind != "prompted":
+            if recon_items and s.kind not in ("prompted", "compressed"):  # they have the prompt in context
                 convs = [[{"role": "user", "content": _recon_question(it, i, single)}] for i, it in enumerate(recon_items)]
                 recon[s.name] = run("reconstruction", s, convs, recon_tokens)
         worked = {}

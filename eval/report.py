@@ -124,6 +124,11 @@ def notes(report: dict) -> list[str]:
         out.append(f"latency (median of {lat['pairs']} alternating pairs, prompted / {cost['compared']}): "
                    f"prefill (time to first token) {lat['prefill_ratio']:.2f}x, end-to-end {lat['e2e_ratio']:.2f}x, "
                    f"per decoded token {lat['decode_per_token_ratio']:.2f}x")
+    for name, system in report["systems"].items():
+        c = system.get("compression")
+        if c:
+            out.append(f"{name}: the prompt's messages pruned from {c['tokens']} to {c['kept']} tokens "
+                       f"(achieved rate {c['achieved_rate']:.2f}, target {c['target_rate']:g}) by {c['method']}")
     for name, be in (cost.get("break_even") or {}).items():
         if be.get("requests") is None:
             out.append(f"break-even for {name}: unknown ({be['note']})")

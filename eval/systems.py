@@ -4,6 +4,8 @@
 * ``unprompted``: the base model with the student context and no prompt: the lower bound.
 * one system per ``--adapter``: the internalized prompt, with the student context its ``genpi.json`` records.
 * one system per ``--baseline``: an adapter trained with another strategy, labelled by that strategy.
+* one system per ``--compressed`` rate: the base model with the prompt pruned to that share of its tokens
+  (genpi.eval.compression), no training.
 
 All systems receive the same conversation; only the context before its first turn differs.
 """
@@ -25,11 +27,13 @@ class System:
 
     Attributes:
         name: label in the report.
-        kind: ``"prompted"``, ``"unprompted"``, ``"adapter"`` or ``"baseline"``.
+        kind: ``"prompted"``, ``"unprompted"``, ``"adapter"``, ``"baseline"`` or ``"compressed"``.
         adapter: the adapter directory (None for the base model).
         strategy: the training strategy from ``genpi.json``.
         student_context: messages placed before the input when there is no prompt ([] = the template's default).
         info: the adapter's ``genpi.json`` (an empty one for the base systems).
+        prompt: the prompt this system is given instead of the evaluated one (a compressed system's).
+        details: what describes the system beyond its kind (a compressed system's rates and token counts).
     """
 
     name: str
@@ -38,6 +42,8 @@ class System:
     strategy: str | None = None
     student_context: list[dict] = field(default_factory=list)
     info: AdapterInfo = field(default_factory=AdapterInfo)
+    prompt: AgentPrompt | None = None
+    details: dict = field(default_factory=dict)
 
     def messages(self, prompt: AgentPrompt, turns: list[dict]) -> list[dict]:
         """The chat messages this system is given for ``turns`` (a conversation whose first turn is the bare input).
@@ -45,15 +51,15 @@ class System:
         The teacher view is the prompt and the input with the prompt's input prefix, as in synthesis; every other
         system sees its student context and the bare input, as in training.
         """
-        if self.kind == "prompted":
-            head = prompt.teacher_messages(turns[0]["content"])
+        if self.kind in ("prompted", "compressed"):
+            head = (self.prompt or prompt).teacher_messages(turns[0]["content"])
         else:
             head = student_messages(turns[0]["content"], self.student_context)
         return head + [{"role": m["role"], "content": m["content"]} for m in turns[1:]]
 
     def describe(self) -> dict:
         return {"kind": self.kind, "adapter": self.adapter, "strategy": self.strategy,
-                "student_context": self.student_context}
+                "student_context": self.student_context, **self.details}
 
 
 def adapter_system(path: str | Path, kind: str) -> System:
@@ -105,3 +111,14 @@ def build_systems(
     if len({s.name for s in systems}) != len(systems):
         raise UserError("two systems have the same name: pass adapters from distinct directories")
     return systems, base_model
+
+
+def compressed_system(gen, prompt: AgentPrompt, rate: float) -> System:
+    """The base model with ``prompt`` pruned to ``rate`` of its tokens by ``gen``'s model (its adapters disabled)."""
+    from genpi.eval.compression import compress
+
+    with gen.active(System("compressor", "prompted")):
+        c = compress(prompt, gen.model, gen.tokenizer, rate)
+    details = {"compression": {"method": "token surprisal, iterative (LLMLingua)", "target_rate": c.target,
+                               "achieved_rate": round(c.achieved, 4), "tokens": c.tokens, "kept": c.kept}}
+    return System(f"compressed {rate:g}", "compressed", prompt=c.prompt, details=details)

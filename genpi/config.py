@@ -253,6 +253,8 @@ class EvalConfig:
     model: str | None = _f(None, "base model (default: the adapters' base_model from genpi.json, else the embedded default)")
     train_run: str = _f("", "training run whose inputs must not be held out; empty = each adapter's source_run")
     overlap_check: bool = _f(True, "fail when a held-out input, normalised, is also a training input")
+    compressed: list[float] = _f([], "a baseline without training per rate: the prompt pruned to this share of its tokens by surprisal under the "
+                                     "base model (LLMLingua's method; docs/EVALUATION.md), e.g. 0.5 (a comma list for several)")
     checker: Any = _f("", "protocol checker scoring every reply: json, nonempty, regex:PATTERN, a JSON Schema file "
                           "(.json), FILE.py:FUNCTION, or (Python) a callable; empty for none")
     num_inputs: int = _f(0, "held-out inputs used, the first ones (0 = all)", at_least=0)
@@ -278,6 +280,13 @@ class EvalConfig:
     def __post_init__(self):
         _check(self)
         _check_pattern(self.answer_pattern, "--answer-pattern")
+        try:
+            self.compressed = [float(r) for r in self.compressed]
+        except (TypeError, ValueError):
+            raise UserError(f"--compressed {self.compressed!r}: give shares of the prompt's tokens to keep, e.g. 0.5 or 0.5,0.3") from None
+        bad = [r for r in self.compressed if not 0 < r < 1]
+        if bad:
+            raise UserError(f"--compressed {bad[0]} is not between 0 and 1 (exclusive): it is the share of the prompt's tokens kept")
 
 
 def _check_pattern(pattern: str, flag: str) -> None:

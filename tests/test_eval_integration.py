@@ -175,8 +175,12 @@ def test_tasks_are_worked_in_sandboxes_and_scored_for_every_system(setup):
     config = EvalConfig(prompt=str(setup["root"] / "prompt.txt"), tasks=str(tasks), adapter=[str(setup["adapter"])],
                         out=str(setup["root"] / "tasks-report"), max_new_tokens=40, batch_size=4, task_turns=2,
                         multiturn_turns=0, reconstruction_inputs=0, latency_inputs=0, bootstrap=200,
-                        overlap_check=False)
+                        overlap_check=False, compressed=[0.5])
     report = read_report(evaluate(config))
+    compressed = report["systems"]["compressed 0.5"]  # a baseline without training, on the tasks too
+    assert compressed["kind"] == "compressed" and abs(compressed["compression"]["achieved_rate"] - 0.5) < 0.05
+    assert compressed["metrics"]["input_tokens"] < report["systems"]["prompted"]["metrics"]["input_tokens"]
+    assert "compressed 0.5" in report["recovery"]
     assert report["inputs"]["kind"] == "tasks" and report["inputs"]["n"] == 3  # the requests, answered single-turn
     assert report["tasks"]["n"] == 3 and report["tasks"]["backend"] in ("bwrap", "unshare")
     assert set(report["tasks"]["success_ci"]) == set(report["systems"])  # each system's rate, with its interval
