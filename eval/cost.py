@@ -35,32 +35,53 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+CACHED = "prompted (cached prefix)"
+
+
 def measure_latency(generator, prompt, first: System, second: System, conversations: list[list[dict]],
-                    max_new_tokens: int, on_request=None, warmup: bool = True, fixed_length: bool = False) -> dict:
-    """Time each conversation as a lone request on both systems, alternating which goes first.
+                    max_new_tokens: int, on_request=None, warmup: bool = True, fixed_length: bool = False,
+                    cached: bool = False) -> dict:
+    """Time each conversation as a lone request on both systems (and, with ``cached``, on ``first`` with its prefix
+    computed once and reused: the arm ``CACHED``), rotating which goes first.
 
-    Alternation (first/second, then second/first, ...) spreads slow drifts of a shared machine (other processes,
-    thermal throttling, caches) evenly over the two systems. With ``warmup``, one untimed short request per system
-    comes first (not needed when both systems have just generated). With ``fixed_length`` every request decodes
-    exactly ``max_new_tokens`` tokens, so the comparison isolates what the context costs.
+    Rotation (first/second, then second/first, ...) spreads slow drifts of a shared machine (other processes,
+    thermal throttling, caches) evenly over the arms. With ``warmup``, one untimed short request per arm comes
+    first (not needed when the systems have just generated). With ``fixed_length`` every request decodes exactly
+    ``max_new_tokens`` tokens, so the comparison isolates what the context costs.
 
-    Returns ``{system name: {"prefill_s", "e2e_s", "input_tokens", "output_tokens", "decode_per_token_s"}
-    (medians), "pairs": n, ...}``; ``prefill_s`` is the time to the first token.
+    Returns ``{arm: {"prefill_s", "e2e_s", "input_tokens", "output_tokens", "decode_per_token_s"} (medians),
+    "pairs": n, ...}``; ``prefill_s`` is the time to the first token; with ``cached``, ``"prefix_tokens"`` too.
     """
     if not conversations:
         return {}
-    for s in (first, second) if warmup else ():
-        generator.time_request(s, prompt, conversations[0], max_new_tokens=2)
-    timings = {first.name: [], second.name: []}
+    arms = [(first.name, first, None), (second.name, second, None)]
+    if cached:
+        prefix = generator.prefix_cache(first, prompt)
+        arms.append((CACHED, first, prefix))
+    for _, s, pre in arms if warmup else ():
+        generator.time_request(s, prompt, conversations[0], max_new_tokens=2, prefix=pre)
+    timings = {name: [] for name, _, _ in arms}
     for i, conversation in enumerate(conversations):
-        for s in ((first, second) if i % 2 == 0 else (second, first)):
-            timings[s.name].append(generator.time_request(s, prompt, conversation, max_new_tokens, fixed_length))
+        for name, s, pre in arms[i % len(arms):] + arms[: i % len(arms)]:
+            timings[name].append(generator.time_request(s, prompt, conversation, max_new_tokens, fixed_length,
+                                                        prefix=pre))
             if on_request:
                 on_request()
-    out = {"pairs": len(conversations), "order": "alternating", "max_new_tokens": max_new_tokens,
+    out = {"pairs": len(conversations), "order": "rotating", "max_new_tokens": max_new_tokens,
            "fixed_length": fixed_length}
+    if cached:
+        out["prefix_tokens"] = len(prefix[0])
     for name, rows in timings.items():
         out[name] = {k: statistics.median(r[k] for r in rows) for k in ("prefill_s", "e2e_s", "input_tokens", "output_tokens")}
         out[name]["decode_per_token_s"] = statistics.median(
             (r["e2e_s"] - r["prefill_s"]) / max(1, r["output_tokens"] - 1) for r in rows)
     return out
+
+
+def kv_memory(bytes_per_token: int, input_tokens: float, output_tokens: float, shared_tokens: int = 0) -> dict:
+    """KV cache of one request in MB: what each concurrent request holds alone, and what all of them share (a
+    cached prefix, held once). Attention reads both at every decoded token."""
+    mb = 1024 * 1024
+    return {"per_request_mb": (input_tokens - shared_tokens + output_tokens) * bytes_per_token / mb,
+            "shared_mb": shared_tokens * bytes_per_token / mb,
+            "attended_tokens": input_tokens + output_tokens}

@@ -122,10 +122,11 @@ def evaluate(config: EvalConfig, console=None) -> Path:
                 bars.update(task, completed=config.task_turns)
         latency = {}
         if latency_convs:
-            task = bars.add_task(f"{'latency':<15} prompted vs {compared.name}", total=2 * len(latency_convs), rate="")
+            task = bars.add_task(f"{'latency':<15} prompted (cached or not) vs {compared.name}",
+                                 total=3 * len(latency_convs), rate="")
             # both systems have just generated, so the model is warm: no warm-up requests needed
             latency = cost_.measure_latency(gen, prompt, systems[0], compared, latency_convs, config.max_new_tokens,
-                                            on_request=lambda: bars.advance(task), warmup=False)
+                                            on_request=lambda: bars.advance(task), warmup=False, cached=True)
 
     # --- score
     reference = [g.text for g in single["prompted"]]
@@ -146,7 +147,8 @@ def evaluate(config: EvalConfig, console=None) -> Path:
         m["output_tokens"] = mean(g.output_tokens for g in single[s.name])
         m["flops_per_request"] = cost_.flops_per_request(params + gen.adapter_params(s), m["input_tokens"], m["output_tokens"])
         sys_metrics[s.name] = m
-    cost = _cost(systems, sys_metrics, params, compared.name, latency, prompt.token_length(gen.tokenizer))
+    cost = _cost(systems, sys_metrics, params, compared.name, latency, prompt.token_length(gen.tokenizer),
+                 gen.kv_bytes_per_token())
 
     # --- recovery
     rec = {}
@@ -313,7 +315,8 @@ def _reply_row(g, scores: dict, i: int, prefix: str = "") -> dict:
     return row
 
 
-def _cost(systems, metrics: dict, params: int, compared: str, latency: dict, prompt_tokens: int) -> dict:
+def _cost(systems, metrics: dict, params: int, compared: str, latency: dict, prompt_tokens: int,
+          kv_bytes_per_token: int) -> dict:
     prompted = metrics["prompted"]
     out = {
         "params": params,
@@ -324,12 +327,20 @@ def _cost(systems, metrics: dict, params: int, compared: str, latency: dict, pro
         "flops_per_request": {name: m["flops_per_request"] for name, m in metrics.items()},
         "latency": {},
         "break_even": {},
+        "kv": {"bytes_per_token": kv_bytes_per_token, **{
+            name: cost_.kv_memory(kv_bytes_per_token, m["input_tokens"], m["output_tokens"]) for name, m in metrics.items()}},
     }
     if latency:
         a, b = latency["prompted"], latency[compared]
         out["latency"] = {**latency, "prefill_ratio": cost_.ratio(a["prefill_s"], b["prefill_s"]),
                           "e2e_ratio": cost_.ratio(a["e2e_s"], b["e2e_s"]),
                           "decode_per_token_ratio": cost_.ratio(a["decode_per_token_s"], b["decode_per_token_s"])}
+        if cost_.CACHED in latency:
+            c = latency[cost_.CACHED]
+            out["latency"]["cached_prefill_ratio"] = cost_.ratio(c["prefill_s"], b["prefill_s"])
+            out["latency"]["cached_decode_per_token_ratio"] = cost_.ratio(c["decode_per_token_s"], b["decode_per_token_s"])
+            out["kv"][cost_.CACHED] = cost_.kv_memory(kv_bytes_per_token, prompted["input_tokens"],
+                                                      prompted["output_tokens"], latency["prefix_tokens"])
     for s in systems:
         if not s.adapter:
             continue

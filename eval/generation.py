@@ -125,13 +125,33 @@ class Generator:
         return [Generation(cut_at(self.tokenizer.decode(c.ids, skip_special_tokens=True), stop or []).strip(), len(x),
                            len(c.ids) + (c.finish_reason == "stop")) for x, c in zip(ids, done)]
 
+    def prefix_cache(self, system: System, prompt: AgentPrompt) -> tuple[list[int], object]:
+        """What a server with prompt caching computes once for ``system``: the tokens every request starts with
+        (its context up to the input: the prompt, for the prompted system) and their KV cache."""
+        import torch
+        from transformers import DynamicCache
+
+        from genpi.engine import cache_keyword
+
+        a, b = ([*self.tokenizer(self.render(system.messages(prompt, [{"role": "user", "content": x}])),
+                                 add_special_tokens=False)["input_ids"]] for x in ("a", "b"))
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        ids = a[:n]
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode(), self.active(system):
+            self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True,
+                       **{cache_keyword(self.model): cache})
+        return ids, cache
+
     def time_request(self, system: System, prompt: AgentPrompt, conversation: list[dict], max_new_tokens: int,
-                     fixed_length: bool = False) -> dict:
+                     fixed_length: bool = False, prefix: tuple[list[int], object] | None = None) -> dict:
         """One request alone (batch of 1), greedy: time to the first token (the prefill) and to the last.
 
         The first-token time is read inside the same ``generate`` call, when the first logits reach the logits
         processors, so the prompt is processed once, as in serving. With ``fixed_length`` the end-of-turn token is
-        ignored and exactly ``max_new_tokens`` are decoded, so two systems do the same decoding work.
+        ignored and exactly ``max_new_tokens`` are decoded, so two systems do the same decoding work. With ``prefix``
+        (from :meth:`prefix_cache`), a copy of its cache is passed in, made before the clock starts: only the rest
+        of the request is prefilled, as on a server that caches the prompt.
         """
         from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -149,17 +169,37 @@ class Generator:
         clock = FirstToken()
         enc = self.tokenizer([self.render(system.messages(prompt, conversation))], return_tensors="pt",
                              add_special_tokens=False).to(self.device)
+        cached = {}
+        if prefix is not None:
+            import copy
+
+            from genpi.engine import cache_keyword
+
+            ids, cache = prefix
+            if enc["input_ids"][0, : len(ids)].tolist() != ids:
+                raise ValueError("the request does not start with the cached prefix")
+            cached = {cache_keyword(self.model): copy.deepcopy(cache)}
         with self.torch.inference_mode(), self.active(system):
             sync()
             start = time.perf_counter()
             ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                       min_new_tokens=max_new_tokens if fixed_length else 0,
-                                      pad_token_id=self.tokenizer.pad_token_id, logits_processor=LogitsProcessorList([clock]))
+                                      pad_token_id=self.tokenizer.pad_token_id, logits_processor=LogitsProcessorList([clock]),
+                                      **cached)
             sync()
             end = time.perf_counter()
         row = ids[0, enc["input_ids"].shape[1] :].tolist()
+        n = len(row) if fixed_length else self._until_eos(row)
         return {"prefill_s": clock.at - start, "e2e_s": end - start, "input_tokens": int(enc["input_ids"].shape[1]),
-                "output_tokens": len(row) if fixed_length else self._until_eos(row)}
+                "output_tokens": n, "text": self.tokenizer.decode(row[:n], skip_special_tokens=True)}
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of keys and values one token holds in the KV cache, over all layers."""
+        c = self.model.config
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        element = next(self.model.parameters()).element_size()
+        return 2 * c.num_hidden_layers * heads * head_dim * element
 
     def _sync(self) -> None:
         if self.device == "cuda":  # CUDA kernels run asynchronously: wait for them before reading the clock

@@ -96,6 +96,24 @@ def tables(report: dict) -> list:
     costs.add_row("break-even requests", *(
         _fmt(round(break_even[n]["requests"]) if (break_even.get(n) or {}).get("requests") else None) for n in names))
     out = [quality, recovery, costs] if trained else [quality, costs]
+    cached = "prompted (cached prefix)"
+    if latency.get(cached):
+        arms = ["prompted", cached, cost["compared"]]
+        kv = cost.get("kv") or {}
+        caching = Table(title=f"prompt caching vs internalization ({latency['pairs']} lone requests per arm, "
+                              f"medians; the cached prefix is {latency['prefix_tokens']} tokens)")
+        caching.add_column("")
+        for arm in arms:
+            caching.add_column(arm, justify="right")
+        caching.add_row("time to first token s", *(_fmt(latency[a]["prefill_s"]) for a in arms))
+        caching.add_row("decode s per token", *(_fmt(latency[a]["decode_per_token_s"], 4) for a in arms))
+        caching.add_row("end-to-end s", *(_fmt(latency[a]["e2e_s"]) for a in arms))
+        caching.add_row("KV MB held per concurrent request", *(
+            _fmt((kv.get(a if a != cached else cached) or {}).get("per_request_mb"), 2) for a in arms))
+        caching.add_row("KV MB shared by all requests", *(_fmt((kv.get(a) or {}).get("shared_mb"), 2) for a in arms))
+        caching.add_row("tokens attended per decoded token", *(
+            _fmt((kv.get(a) or {}).get("attended_tokens"), 1) for a in arms))
+        out.append(caching)
     tasks = report.get("tasks")
     if tasks:
         by = Table(title=f"task success by category ({tasks['n']} tasks from {tasks['source']}, at most {tasks['max_turns']} "
@@ -121,9 +139,14 @@ def notes(report: dict) -> list[str]:
     if cost.get("input_token_ratio"):
         out.append(f"input tokens per request: prompted / {cost['compared']} = {cost['input_token_ratio']:.2f}x")
     if lat.get("prefill_ratio"):
-        out.append(f"latency (median of {lat['pairs']} alternating pairs, prompted / {cost['compared']}): "
+        out.append(f"latency (medians of {lat['pairs']} lone requests per system, {lat.get('order', 'alternating')} order, "
+                   f"prompted / {cost['compared']}): "
                    f"prefill (time to first token) {lat['prefill_ratio']:.2f}x, end-to-end {lat['e2e_ratio']:.2f}x, "
                    f"per decoded token {lat['decode_per_token_ratio']:.2f}x")
+    if lat.get("cached_prefill_ratio"):
+        out.append(f"with the prompt's KV cached (computed once, reused), prompted / {cost['compared']}: time to first "
+                   f"token {lat['cached_prefill_ratio']:.2f}x, per decoded token {lat['cached_decode_per_token_ratio']:.2f}x; "
+                   "the cached prompt is still attended at every decoded token")
     for name, system in report["systems"].items():
         c = system.get("compression")
         if c:

@@ -264,7 +264,7 @@ class EvalConfig:
     multiturn_turns: int = _f(32, "agent turns of held-out dialogues replayed for multi-turn fidelity, at most (0 = skip)", at_least=0)
     reconstruction_inputs: int = _f(2, "inputs on which each system is asked to write the prompt back (0 = skip)", at_least=0)
     reconstruction_max_new_tokens: int = _f(0, "tokens per prompt reconstruction at most (0 = the prompt's length + 64)", at_least=0)
-    latency_inputs: int = _f(4, "inputs timed as lone requests, prompted and adapter in alternating order (0 = skip)", at_least=0)
+    latency_inputs: int = _f(4, "inputs timed as lone requests: prompted, prompted with its prompt's KV cached, and the first adapter, in rotating order (0 = skip)", at_least=0)
     tasks: str = _f("", "JSONL file of tasks with checks (docs/EVALUATION.md, Tasks): each system works each task as an agent in a "
                         "sandbox of its own and is scored on task success; without --inputs, the tasks' requests are also the held-out inputs")
     env: Literal["sandbox"] = _f("sandbox", "where the tasks' commands run: a throwaway sandbox per task and system (never the host)")

@@ -109,6 +109,29 @@ def test_cost_is_measured(report):
     assert latency["prompted"]["input_tokens"] > latency["genpi:bash"]["input_tokens"]
     assert cost["break_even"]["genpi:bash"]["requests"] > 0
     assert cost["break_even"]["seqkd"]["requests"] is None  # its genpi.json records no train_tokens
+    # prompt caching: the same request, its prompt's KV computed once and reused
+    cached, kv = latency["prompted (cached prefix)"], cost["kv"]
+    assert cached["input_tokens"] == latency["prompted"]["input_tokens"] and cached["prefill_s"] > 0
+    assert 0.9 * cost["prompt_tokens"] < latency["prefix_tokens"] < latency["prompted"]["input_tokens"]
+    assert kv["bytes_per_token"] == 2 * 30 * 3 * 64 * 4  # SmolLM2-135M: 30 layers, 3 KV heads of 64, float32
+    assert kv["prompted (cached prefix)"]["shared_mb"] > 0
+    assert kv["prompted (cached prefix)"]["per_request_mb"] < kv["prompted"]["per_request_mb"]
+    assert kv["prompted (cached prefix)"]["attended_tokens"] == kv["prompted"]["attended_tokens"]  # still read
+    assert kv["genpi:bash"]["attended_tokens"] < kv["prompted"]["attended_tokens"]
+
+
+def test_a_cached_prefix_changes_the_time_not_the_reply(setup):
+    from genpi.eval.generation import Generator
+    from genpi.eval.systems import System
+
+    prompted = System("prompted", "prompted")
+    gen = Generator("default", [prompted])
+    prefix = gen.prefix_cache(prompted, setup["prompt"])
+    for text in ("How many .txt files are in /srv/docs?", "Which user owns /etc/hosts?"):
+        conversation = [{"role": "user", "content": text}]
+        plain = gen.time_request(prompted, setup["prompt"], conversation, 12)
+        reused = gen.time_request(prompted, setup["prompt"], conversation, 12, prefix=prefix)
+        assert reused["text"] == plain["text"] and reused["input_tokens"] == plain["input_tokens"]
 
 
 def test_outputs_and_chart_are_written(setup, report):
