@@ -49,22 +49,27 @@ def measure_latency(generator, prompt, first: System, second: System, conversati
     first (not needed when the systems have just generated). With ``fixed_length`` every request decodes exactly
     ``max_new_tokens`` tokens, so the comparison isolates what the context costs.
 
+    With ``cached``, an adapter ``second`` is also timed merged into a copy of the base (the arm
+    ``"NAME (merged)"``), as `genpi export --merge` serves it.
+
     Returns ``{arm: {"prefill_s", "e2e_s", "input_tokens", "output_tokens", "decode_per_token_s"} (medians),
     "pairs": n, ...}``; ``prefill_s`` is the time to the first token; with ``cached``, ``"prefix_tokens"`` too.
     """
     if not conversations:
         return {}
-    arms = [(first.name, first, None), (second.name, second, None)]
+    arms = [(first.name, first, None, False), (second.name, second, None, False)]
     if cached:
         prefix = generator.prefix_cache(first, prompt)
-        arms.append((CACHED, first, prefix))
-    for _, s, pre in arms if warmup else ():
-        generator.time_request(s, prompt, conversations[0], max_new_tokens=2, prefix=pre)
-    timings = {name: [] for name, _, _ in arms}
+        arms.append((CACHED, first, prefix, False))
+        if second.adapter:
+            arms.append((merged_name(second.name), second, None, True))
+    for _, s, pre, merged in arms if warmup or cached else ():  # a cached prefix and a merged copy are new
+        generator.time_request(s, prompt, conversations[0], max_new_tokens=2, prefix=pre, merged=merged)
+    timings = {name: [] for name, *_ in arms}
     for i, conversation in enumerate(conversations):
-        for name, s, pre in arms[i % len(arms):] + arms[: i % len(arms)]:
+        for name, s, pre, merged in arms[i % len(arms):] + arms[: i % len(arms)]:
             timings[name].append(generator.time_request(s, prompt, conversation, max_new_tokens, fixed_length,
-                                                        prefix=pre))
+                                                        prefix=pre, merged=merged))
             if on_request:
                 on_request()
     out = {"pairs": len(conversations), "order": "rotating", "max_new_tokens": max_new_tokens,
@@ -76,6 +81,10 @@ def measure_latency(generator, prompt, first: System, second: System, conversati
         out[name]["decode_per_token_s"] = statistics.median(
             (r["e2e_s"] - r["prefill_s"]) / max(1, r["output_tokens"] - 1) for r in rows)
     return out
+
+
+def merged_name(name: str) -> str:
+    return f"{name} (merged)"
 
 
 def kv_memory(bytes_per_token: int, input_tokens: float, output_tokens: float, shared_tokens: int = 0) -> dict:

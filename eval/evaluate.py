@@ -122,8 +122,8 @@ def evaluate(config: EvalConfig, console=None) -> Path:
                 bars.update(task, completed=config.task_turns)
         latency = {}
         if latency_convs:
-            task = bars.add_task(f"{'latency':<15} prompted (cached or not) vs {compared.name}",
-                                 total=3 * len(latency_convs), rate="")
+            task = bars.add_task(f"{'latency':<15} prompted (cached or not) vs {compared.name} (merged or not)",
+                                 total=(4 if compared.adapter else 3) * len(latency_convs), rate="")
             # both systems have just generated, so the model is warm: no warm-up requests needed
             latency = cost_.measure_latency(gen, prompt, systems[0], compared, latency_convs, config.max_new_tokens,
                                             on_request=lambda: bars.advance(task), warmup=False, cached=True)

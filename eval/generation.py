@@ -9,7 +9,7 @@ cost. Latency is measured apart, with lone requests through ``generate`` (:meth:
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from genpi.errors import UserError
@@ -39,6 +39,8 @@ class Generator:
         from genpi.models import load_model, load_tokenizer
 
         self.torch = torch
+        self.model_name = model_name
+        self._merged: dict = {}  # system name -> its adapter merged into a copy of the base (see `merged`)
         self.tokenizer = load_tokenizer(model_name)
         self.tokenizer.padding_side = "left"
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -143,15 +145,27 @@ class Generator:
                        **{cache_keyword(self.model): cache})
         return ids, cache
 
+    def merged(self, system: System):
+        """``system``'s adapter merged into its own copy of the base weights, as `genpi export --merge` and
+        `genpi serve` run it (no LoRA products per token); made once."""
+        if system.name not in self._merged:
+            from genpi.models import load_adapter, load_model
+
+            base = load_model(self.model_name).to(self.device)
+            self._merged[system.name] = load_adapter(base, system.adapter).merge_and_unload().eval()
+        return self._merged[system.name]
+
     def time_request(self, system: System, prompt: AgentPrompt, conversation: list[dict], max_new_tokens: int,
-                     fixed_length: bool = False, prefix: tuple[list[int], object] | None = None) -> dict:
+                     fixed_length: bool = False, prefix: tuple[list[int], object] | None = None,
+                     merged: bool = False) -> dict:
         """One request alone (batch of 1), greedy: time to the first token (the prefill) and to the last.
 
         The first-token time is read inside the same ``generate`` call, when the first logits reach the logits
         processors, so the prompt is processed once, as in serving. With ``fixed_length`` the end-of-turn token is
         ignored and exactly ``max_new_tokens`` are decoded, so two systems do the same decoding work. With ``prefix``
         (from :meth:`prefix_cache`), a copy of its cache is passed in, made before the clock starts: only the rest
-        of the request is prefilled, as on a server that caches the prompt.
+        of the request is prefilled, as on a server that caches the prompt. With ``merged``, an adapter system
+        runs as :meth:`merged` makes it.
         """
         from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -169,6 +183,7 @@ class Generator:
         clock = FirstToken()
         enc = self.tokenizer([self.render(system.messages(prompt, conversation))], return_tensors="pt",
                              add_special_tokens=False).to(self.device)
+        model = self.merged(system) if merged and system.adapter else self.model
         cached = {}
         if prefix is not None:
             import copy
@@ -178,11 +193,11 @@ class Generator:
             ids, cache = prefix
             if enc["input_ids"][0, : len(ids)].tolist() != ids:
                 raise ValueError("the request does not start with the cached prefix")
-            cached = {cache_keyword(self.model): copy.deepcopy(cache)}
-        with self.torch.inference_mode(), self.active(system):
+            cached = {cache_keyword(model): copy.deepcopy(cache)}
+        with self.torch.inference_mode(), (self.active(system) if model is self.model else nullcontext()):
             sync()
             start = time.perf_counter()
-            ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                       min_new_tokens=max_new_tokens if fixed_length else 0,
                                       pad_token_id=self.tokenizer.pad_token_id, logits_processor=LogitsProcessorList([clock]),
                                       **cached)

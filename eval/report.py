@@ -98,8 +98,10 @@ def tables(report: dict) -> list:
     out = [quality, recovery, costs] if trained else [quality, costs]
     cached = "prompted (cached prefix)"
     if latency.get(cached):
-        arms = ["prompted", cached, cost["compared"]]
-        kv = cost.get("kv") or {}
+        merged = f"{cost['compared']} (merged)"
+        arms = ["prompted", cached, cost["compared"]] + ([merged] if latency.get(merged) else [])
+        kv = dict(cost.get("kv") or {})
+        kv[merged] = kv.get(cost["compared"])  # the same tokens in the same cache
         caching = Table(title=f"prompt caching vs internalization ({latency['pairs']} lone requests per arm, "
                               f"medians; the cached prefix is {latency['prefix_tokens']} tokens)")
         caching.add_column("")
@@ -109,7 +111,7 @@ def tables(report: dict) -> list:
         caching.add_row("decode s per token", *(_fmt(latency[a]["decode_per_token_s"], 4) for a in arms))
         caching.add_row("end-to-end s", *(_fmt(latency[a]["e2e_s"]) for a in arms))
         caching.add_row("KV MB held per concurrent request", *(
-            _fmt((kv.get(a if a != cached else cached) or {}).get("per_request_mb"), 2) for a in arms))
+            _fmt((kv.get(a) or {}).get("per_request_mb"), 2) for a in arms))
         caching.add_row("KV MB shared by all requests", *(_fmt((kv.get(a) or {}).get("shared_mb"), 2) for a in arms))
         caching.add_row("tokens attended per decoded token", *(
             _fmt((kv.get(a) or {}).get("attended_tokens"), 1) for a in arms))

@@ -118,6 +118,8 @@ def test_cost_is_measured(report):
     assert kv["prompted (cached prefix)"]["per_request_mb"] < kv["prompted"]["per_request_mb"]
     assert kv["prompted (cached prefix)"]["attended_tokens"] == kv["prompted"]["attended_tokens"]  # still read
     assert kv["genpi:bash"]["attended_tokens"] < kv["prompted"]["attended_tokens"]
+    merged = latency["genpi:bash (merged)"]  # as `genpi export --merge` serves it
+    assert merged["input_tokens"] == latency["genpi:bash"]["input_tokens"] and merged["prefill_s"] > 0
 
 
 def test_a_cached_prefix_changes_the_time_not_the_reply(setup):
@@ -132,6 +134,20 @@ def test_a_cached_prefix_changes_the_time_not_the_reply(setup):
         plain = gen.time_request(prompted, setup["prompt"], conversation, 12)
         reused = gen.time_request(prompted, setup["prompt"], conversation, 12, prefix=prefix)
         assert reused["text"] == plain["text"] and reused["input_tokens"] == plain["input_tokens"]
+
+
+def test_a_merged_adapter_changes_the_time_not_the_reply(setup):
+    from genpi.eval.generation import Generator
+    from genpi.eval.systems import adapter_system
+
+    adapter = adapter_system(setup["adapter"], "adapter")
+    gen = Generator("default", [adapter])
+    for text in ("How many .txt files are in /srv/docs?", "Which user owns /etc/hosts?"):
+        conversation = [{"role": "user", "content": text}]
+        unmerged = gen.time_request(adapter, setup["prompt"], conversation, 12)
+        merged = gen.time_request(adapter, setup["prompt"], conversation, 12, merged=True)
+        assert merged["text"] == unmerged["text"]
+    assert gen.merged(adapter) is gen.merged(adapter)  # made once
 
 
 def test_outputs_and_chart_are_written(setup, report):
