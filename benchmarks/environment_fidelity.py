@@ -19,7 +19,7 @@ from rich.table import Table
 from genpi.environment import find_command, reply_text
 from genpi.progress import make_console
 from genpi.sandbox import Sandbox
-from genpi.synth.episodes import environment_openers
+from genpi.synth.episodes import environment_opener
 from genpi.synth.store import load_run
 
 
@@ -28,7 +28,7 @@ def replay(run: str, chars: int) -> dict:
     info, records = load_run(run)
     from genpi.prompt import AgentPrompt
 
-    opener = next(iter(environment_openers(AgentPrompt.from_dict(info.prompt))), "")
+    opener = environment_opener(AgentPrompt.from_dict(info.prompt))
     out = {"dialogues": 0, "replies": 0, "no_command": 0, "equal": 0, "examples": []}
     for rec in records:
         turns = rec["dialogue"]

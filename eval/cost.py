@@ -40,30 +40,29 @@ CACHED = "prompted (cached prefix)"
 
 def measure_latency(generator, prompt, first: System, second: System, conversations: list[list[dict]],
                     max_new_tokens: int, on_request=None, warmup: bool = True, fixed_length: bool = False,
-                    cached: bool = False) -> dict:
-    """Time each conversation as a lone request on both systems (and, with ``cached``, on ``first`` with its prefix
-    computed once and reused: the arm ``CACHED``), rotating which goes first.
+                    serving: bool = False) -> dict:
+    """Time each conversation as a lone request on both systems, rotating which goes first; with ``serving``, also
+    as a server would run them: ``first`` with its prefix computed once and reused (the arm ``CACHED``) and an
+    adapter ``second`` merged into a copy of the base (the arm ``merged_name(second.name)``), as
+    `genpi export --merge` serves it.
 
     Rotation (first/second, then second/first, ...) spreads slow drifts of a shared machine (other processes,
     thermal throttling, caches) evenly over the arms. With ``warmup``, one untimed short request per arm comes
     first (not needed when the systems have just generated). With ``fixed_length`` every request decodes exactly
     ``max_new_tokens`` tokens, so the comparison isolates what the context costs.
 
-    With ``cached``, an adapter ``second`` is also timed merged into a copy of the base (the arm
-    ``"NAME (merged)"``), as `genpi export --merge` serves it.
-
     Returns ``{arm: {"prefill_s", "e2e_s", "input_tokens", "output_tokens", "decode_per_token_s"} (medians),
-    "pairs": n, ...}``; ``prefill_s`` is the time to the first token; with ``cached``, ``"prefix_tokens"`` too.
+    "pairs": n, ...}``; ``prefill_s`` is the time to the first token; with ``serving``, ``"prefix_tokens"`` too.
     """
     if not conversations:
         return {}
     arms = [(first.name, first, None, False), (second.name, second, None, False)]
-    if cached:
+    if serving:
         prefix = generator.prefix_cache(first, prompt)
         arms.append((CACHED, first, prefix, False))
         if second.adapter:
             arms.append((merged_name(second.name), second, None, True))
-    for _, s, pre, merged in arms if warmup or cached else ():  # a cached prefix and a merged copy are new
+    for _, s, pre, merged in arms if warmup or serving else ():  # a cached prefix and a merged copy are new
         generator.time_request(s, prompt, conversations[0], max_new_tokens=2, prefix=pre, merged=merged)
     timings = {name: [] for name, *_ in arms}
     for i, conversation in enumerate(conversations):
@@ -74,7 +73,7 @@ def measure_latency(generator, prompt, first: System, second: System, conversati
                 on_request()
     out = {"pairs": len(conversations), "order": "rotating", "max_new_tokens": max_new_tokens,
            "fixed_length": fixed_length}
-    if cached:
+    if serving:
         out["prefix_tokens"] = len(prefix[0])
     for name, rows in timings.items():
         out[name] = {k: statistics.median(r[k] for r in rows) for k in ("prefill_s", "e2e_s", "input_tokens", "output_tokens")}

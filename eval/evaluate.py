@@ -108,15 +108,15 @@ def evaluate(config: EvalConfig, console=None) -> Path:
         if tasks:
             from genpi.eval.agent import work_tasks
             from genpi.sandbox import Limits
-            from genpi.synth.episodes import derive_end_pattern, environment_openers
+            from genpi.synth.episodes import derive_end_pattern, environment_opener
 
-            opener = next(iter(environment_openers(prompt)), "")
+            opener, end_pattern = environment_opener(prompt), derive_end_pattern(prompt)
             limits = Limits(seconds=config.action_timeout)
             for s in systems:
                 task = bars.add_task(f"{'tasks':<15} {s.name}", total=config.task_turns, rate="")
                 worked[s.name] = work_tasks(
                     gen, s, prompt, tasks, max_turns=config.task_turns, max_new_tokens=config.max_new_tokens, stop=stops,
-                    end_pattern=derive_end_pattern(prompt), answer_pattern=config.answer_pattern, opener=opener,
+                    end_pattern=end_pattern, answer_pattern=config.answer_pattern, opener=opener,
                     output_chars=config.env_output_chars, limits=limits, backend=backend,
                     on_turn=lambda task=task: bars.advance(task))
                 bars.update(task, completed=config.task_turns)
@@ -126,7 +126,7 @@ def evaluate(config: EvalConfig, console=None) -> Path:
                                  total=(4 if compared.adapter else 3) * len(latency_convs), rate="")
             # both systems have just generated, so the model is warm: no warm-up requests needed
             latency = cost_.measure_latency(gen, prompt, systems[0], compared, latency_convs, config.max_new_tokens,
-                                            on_request=lambda: bars.advance(task), warmup=False, cached=True)
+                                            on_request=lambda: bars.advance(task), warmup=False, serving=True)
 
     # --- score
     reference = [g.text for g in single["prompted"]]

@@ -15,6 +15,8 @@ import json
 import math
 from pathlib import Path
 
+from genpi.eval.cost import CACHED, merged_name
+
 COST_METRICS = ("input_tokens", "output_tokens", "flops_per_request")
 
 
@@ -96,10 +98,9 @@ def tables(report: dict) -> list:
     costs.add_row("break-even requests", *(
         _fmt(round(break_even[n]["requests"]) if (break_even.get(n) or {}).get("requests") else None) for n in names))
     out = [quality, recovery, costs] if trained else [quality, costs]
-    cached = "prompted (cached prefix)"
-    if latency.get(cached):
-        merged = f"{cost['compared']} (merged)"
-        arms = ["prompted", cached, cost["compared"]] + ([merged] if latency.get(merged) else [])
+    if latency.get(CACHED):
+        merged = merged_name(cost["compared"])
+        arms = ["prompted", CACHED, cost["compared"]] + ([merged] if latency.get(merged) else [])
         kv = dict(cost.get("kv") or {})
         kv[merged] = kv.get(cost["compared"])  # the same tokens in the same cache
         caching = Table(title=f"prompt caching vs internalization ({latency['pairs']} lone requests per arm, "

@@ -46,8 +46,7 @@ def reply_text(action: Action, opener: str, max_chars: int) -> str:
     output = action.output
     if len(output) > max_chars:
         output = output[:max_chars].rstrip("\n") + "\n" + TRUNCATED
-    notes = action.text()[len(action.output):].strip()  # the sandbox's note when it killed the action
-    body = "\n".join(part for part in (output.rstrip("\n"), notes) if part)
+    body = "\n".join(part for part in (output.rstrip("\n"), action.note) if part)
     if not opener:
         return body
     return f"{opener}\n{body}" if body else opener

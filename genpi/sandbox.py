@@ -70,13 +70,18 @@ class Action:
     timed_out: bool = False
     truncated: bool = False  # the output limit was reached: the action was killed there
 
+    @property
+    def note(self) -> str:
+        """Why the action was cut short ("" when it was not)."""
+        if self.timed_out:
+            return "[killed: still running after the time limit]"
+        return "[killed: output limit reached]" if self.truncated else ""
+
     def text(self) -> str:
-        """The output as the agent is shown it, with a note when the action was cut short."""
-        note = ("[killed: still running after the time limit]" if self.timed_out
-                else "[killed: output limit reached]" if self.truncated else "")
-        if not note:
+        """The output as the agent is shown it, with the note when the action was cut short."""
+        if not self.note:
             return self.output
-        return self.output + ("\n" if self.output and not self.output.endswith("\n") else "") + note
+        return self.output + ("\n" if self.output and not self.output.endswith("\n") else "") + self.note
 
 
 def _setpriv() -> list[str]:

@@ -109,6 +109,12 @@ def environment_openers(prompt: AgentPrompt) -> list[str]:
     return [common] if len(common) >= 4 else []
 
 
+def environment_opener(prompt: AgentPrompt) -> str:
+    """The words the environment's replies start with ("" when the demonstrations show none): what a real
+    environment's reply is written after (genpi.environment.reply_text)."""
+    return next(iter(environment_openers(prompt)), "")
+
+
 def agent_markers(prompt: AgentPrompt) -> list[str]:
     """The words the agent's demonstrated lines start with when they are protocol markers ("Think:", "Act:", or
     the opening of a JSON reply): a line starting with one is the agent speaking."""

@@ -343,7 +343,7 @@ def dry_run(prompt: AgentPrompt, config: SynthConfig, seeds: list[str]) -> None:
                   highlight=False)
     console.rule("environment")
     if config.env == "sandbox":
-        opener = next(iter(episodes.environment_openers(prompt)), "")
+        opener = episodes.environment_opener(prompt)
         console.print(f"an agent turn's first fenced bash block runs in the dialogue's sandbox; the reply is {opener!r} "
                       f"and its output (at most {config.env_output_chars} characters); turns without one are "
                       "answered by the model as in 3.", markup=False, highlight=False)
@@ -430,7 +430,7 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
                                       retries=config.retries)
         models = Roles(agent=served, env=config.env_model or served, synth=config.synth_model or served)
         syn = Synthesizer(prompt, config, client, models, end_pattern=end_pattern, stops=episodes.stop_strings(prompt),
-                          sandbox_backend=backend, env_opener=next(iter(episodes.environment_openers(prompt)), ""))
+                          sandbox_backend=backend, env_opener=episodes.environment_opener(prompt))
         info = dataclasses.replace(
             info, genpi_version=__version__, prompt_path=str(config.prompt), prompt_hash=prompt.hash,
             prompt=prompt.to_dict(), endpoint=endpoint, models=asdict(models), end_pattern=end_pattern,
