@@ -40,11 +40,12 @@ CACHED = "prompted (cached prefix)"
 
 def measure_latency(generator, prompt, first: System, second: System, conversations: list[list[dict]],
                     max_new_tokens: int, on_request=None, warmup: bool = True, fixed_length: bool = False,
-                    serving: bool = False) -> dict:
+                    serving: bool = False, also: list[System] = ()) -> dict:
     """Time each conversation as a lone request on both systems, rotating which goes first; with ``serving``, also
     as a server would run them: ``first`` with its prefix computed once and reused (the arm ``CACHED``) and an
     adapter ``second`` merged into a copy of the base (the arm ``merged_name(second.name)``), as
-    `genpi export --merge` serves it.
+    `genpi export --merge` serves it. Systems in ``also`` (other adapters) are timed as arms of their own; a soft
+    prompt's virtual tokens are reused as a cached prefix is (their KV is computed once by construction).
 
     Rotation (first/second, then second/first, ...) spreads slow drifts of a shared machine (other processes,
     thermal throttling, caches) evenly over the arms. With ``warmup``, one untimed short request per arm comes
@@ -60,8 +61,9 @@ def measure_latency(generator, prompt, first: System, second: System, conversati
     if serving:
         prefix = generator.prefix_cache(first, prompt)
         arms.append((CACHED, first, prefix, False))
-        if second.adapter:
+        if second.adapter and not second.soft:
             arms.append((merged_name(second.name), second, None, True))
+    arms += [(s.name, s, None, False) for s in also if s.name not in (first.name, second.name)]
     for _, s, pre, merged in arms if warmup or serving else ():  # a cached prefix and a merged copy are new
         generator.time_request(s, prompt, conversations[0], max_new_tokens=2, prefix=pre, merged=merged)
     timings = {name: [] for name, *_ in arms}
@@ -84,6 +86,11 @@ def measure_latency(generator, prompt, first: System, second: System, conversati
 
 def merged_name(name: str) -> str:
     return f"{name} (merged)"
+
+
+def latency_arms(second: System, also: list[System] = ()) -> int:
+    """How many arms :func:`measure_latency` times with ``serving`` (for a progress bar)."""
+    return 3 + bool(second.adapter and not second.soft) + sum(s.name != second.name for s in also)
 
 
 def kv_memory(bytes_per_token: int, input_tokens: float, output_tokens: float, shared_tokens: int = 0) -> dict:

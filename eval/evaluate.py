@@ -122,11 +122,14 @@ def evaluate(config: EvalConfig, console=None) -> Path:
                 bars.update(task, completed=config.task_turns)
         latency = {}
         if latency_convs:
-            task = bars.add_task(f"{'latency':<15} prompted (cached or not) vs {compared.name} (merged or not)",
-                                 total=(4 if compared.adapter else 3) * len(latency_convs), rate="")
+            others = [s for s in trained if s is not compared]  # each timed as it runs in this evaluation
+            task = bars.add_task(f"{'latency':<15} prompted (cached or not) vs {compared.name} (merged or not)"
+                                 + (f" and {len(others)} more" if others else ""),
+                                 total=cost_.latency_arms(compared, others) * len(latency_convs), rate="")
             # both systems have just generated, so the model is warm: no warm-up requests needed
             latency = cost_.measure_latency(gen, prompt, systems[0], compared, latency_convs, config.max_new_tokens,
-                                            on_request=lambda: bars.advance(task), warmup=False, serving=True)
+                                            on_request=lambda: bars.advance(task), warmup=False, serving=True,
+                                            also=others)
 
     # --- score
     reference = [g.text for g in single["prompted"]]
@@ -145,7 +148,11 @@ def evaluate(config: EvalConfig, console=None) -> Path:
         m = {name: mean(values) for name, values in scores[s.name].items()}
         m["input_tokens"] = mean(g.input_tokens for g in single[s.name])
         m["output_tokens"] = mean(g.output_tokens for g in single[s.name])
-        m["flops_per_request"] = cost_.flops_per_request(params + gen.adapter_params(s), m["input_tokens"], m["output_tokens"])
+        # A soft prompt's virtual tokens are context (input tokens, KV, attention) but their KV is computed once,
+        # not per request.
+        m["virtual_tokens"] = gen.virtual_tokens(s)
+        m["flops_per_request"] = cost_.flops_per_request(params + gen.adapter_params(s),
+                                                         m["input_tokens"] - m["virtual_tokens"], m["output_tokens"])
         sys_metrics[s.name] = m
     cost = _cost(systems, sys_metrics, params, compared.name, latency, prompt.token_length(gen.tokenizer),
                  gen.kv_bytes_per_token())
@@ -328,7 +335,8 @@ def _cost(systems, metrics: dict, params: int, compared: str, latency: dict, pro
         "latency": {},
         "break_even": {},
         "kv": {"bytes_per_token": kv_bytes_per_token, **{
-            name: cost_.kv_memory(kv_bytes_per_token, m["input_tokens"], m["output_tokens"]) for name, m in metrics.items()}},
+            name: cost_.kv_memory(kv_bytes_per_token, m["input_tokens"], m["output_tokens"], m.get("virtual_tokens", 0))
+            for name, m in metrics.items()}},
     }
     if latency:
         a, b = latency["prompted"], latency[compared]

@@ -52,8 +52,12 @@ class Generator:
         self.n_params = sum(p.numel() for p in base.parameters())  # tied embeddings count once
         self.model = base
         self._adapter_names: dict[str, str] = {}
+        self._soft: dict[str, tuple] = {}  # soft prompt system name -> (virtual tokens, keys, values)
+        self._heads: dict[str, str] = {}  # prompt hash -> its rendered head (what a soft prompt replaces)
         for s in systems:
-            if not s.adapter:
+            if s.soft:
+                self._soft[s.name] = soft_prompt_kv(model_name, s.adapter, self.device)
+            if not s.adapter or s.soft:
                 continue
             name = f"adapter{len(self._adapter_names)}"  # PEFT names become module keys: no dots or slashes
             try:
@@ -72,6 +76,31 @@ class Generator:
 
         self.engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, rows=rows,
                              decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+        for name, (n, keys, values) in self._soft.items():
+            self.engine.pin_prefix(name, self._placeholders(n), keys, values)
+
+    def _placeholders(self, n: int) -> list[int]:
+        """Ids standing for a soft prompt's ``n`` virtual tokens in a request (their KV is pinned, never computed)."""
+        return [self.tokenizer.pad_token_id] * n
+
+    def virtual_tokens(self, system: System) -> int:
+        """Context tokens a soft prompt adds to every request (0 for any other system)."""
+        return self._soft[system.name][0] if system.name in self._soft else 0
+
+    def request_ids(self, system: System, prompt: AgentPrompt, conversation: list[dict]) -> list[int]:
+        """The token ids ``system`` is given for ``conversation``; a soft prompt's virtual tokens replace the
+        prompt's, after which come the teacher's tokens (the input with its lead-in, and the rest)."""
+        text = self.render(system.messages(prompt, conversation))
+        if system.name not in self._soft:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        from genpi.prompt import prompted_head
+
+        head = self._heads.setdefault(prompt.hash, prompted_head(self.tokenizer, prompt)[0])
+        if not text.startswith(head):
+            raise UserError(f"{system.adapter}: the chat template renders the prompt differently for this input, so the "
+                            "soft prompt cannot stand in for it")
+        rest = self.tokenizer(text[len(head):], add_special_tokens=False)["input_ids"]
+        return self._placeholders(self.virtual_tokens(system)) + rest
 
     def adapter_params(self, system: System) -> int:
         """Parameters the system's adapter adds to every token's compute (0 for the base model)."""
@@ -83,7 +112,7 @@ class Generator:
     @contextmanager
     def active(self, system: System):
         """Run the model as ``system``: its adapter set, or every adapter disabled for a base system."""
-        if system.adapter:
+        if system.adapter and not system.soft:
             self.model.set_adapter(self._adapter_names[system.name])
             yield
         elif self._adapter_names:
@@ -113,8 +142,7 @@ class Generator:
 
         from genpi.engine import Request
 
-        texts = [self.render(system.messages(prompt, c)) for c in conversations]
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids = [self.request_ids(system, prompt, c) for c in conversations]
         with self.active(system):
             futures = [self.engine.submit(Request(x, max_new_tokens, stop=tuple(stop or ())), variant=system.name)
                        for x in ids]
@@ -135,11 +163,16 @@ class Generator:
 
         from genpi.engine import cache_keyword
 
+        cache = DynamicCache(config=self.model.config)
+        if system.name in self._soft:  # a soft prompt is a prefix computed once by construction
+            n, keys, values = self._soft[system.name]
+            for layer, (k, v) in enumerate(zip(keys, values)):
+                cache.update(k.clone(), v.clone(), layer)
+            return self._placeholders(n), cache
         a, b = ([*self.tokenizer(self.render(system.messages(prompt, [{"role": "user", "content": x}])),
                                  add_special_tokens=False)["input_ids"]] for x in ("a", "b"))
         n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         ids = a[:n]
-        cache = DynamicCache(config=self.model.config)
         with torch.inference_mode(), self.active(system):
             self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True,
                        **{cache_keyword(self.model): cache})
@@ -148,6 +181,8 @@ class Generator:
     def merged(self, system: System):
         """``system``'s adapter merged into its own copy of the base weights, as `genpi export --merge` and
         `genpi serve` run it (no LoRA products per token); made once."""
+        if system.soft:
+            raise ValueError(f"{system.name} is a soft prompt: it cannot be merged")
         if system.name not in self._merged:
             from genpi.models import load_adapter, load_model
 
@@ -181,9 +216,11 @@ class Generator:
                 return scores
 
         clock = FirstToken()
-        enc = self.tokenizer([self.render(system.messages(prompt, conversation))], return_tensors="pt",
-                             add_special_tokens=False).to(self.device)
-        model = self.merged(system) if merged and system.adapter else self.model
+        request = self.torch.tensor([self.request_ids(system, prompt, conversation)], device=self.device)
+        enc = {"input_ids": request, "attention_mask": self.torch.ones_like(request)}
+        if system.name in self._soft and prefix is None:  # its virtual tokens have no ids to compute: always reused
+            prefix = self.prefix_cache(system, prompt)
+        model = self.merged(system) if merged and system.adapter and not system.soft else self.model
         cached = {}
         if prefix is not None:
             import copy
@@ -225,6 +262,38 @@ class Generator:
             if tok in self.eos_ids:
                 return j + 1
         return len(row)
+
+
+def soft_prompt_kv(model_name: str, adapter: str, device) -> tuple[int, list, list]:
+    """A soft prompt as what serving it takes: its virtual tokens' keys and values under the base model, per layer.
+
+    A KV prefix is those already; prompt tuning's virtual token embeddings are run through a copy of the base
+    model once (positions 0..n-1, as PEFT places them). Either way the tokens after it are computed at positions
+    from n on, as in training.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    from genpi.engine import cache_keyword
+    from genpi.models import load_adapter, load_model, quiet_peft
+
+    base = load_model(model_name).to(device).eval()
+    try:
+        with quiet_peft():
+            peft = load_adapter(base, adapter)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise UserError(f"cannot load soft prompt {adapter} onto {model_name}: {str(e).splitlines()[0]}") from None
+    config = peft.active_peft_config
+    with torch.inference_mode():
+        prompt = peft.get_prompt(batch_size=1)
+        if config.peft_type == "PROMPT_TUNING":
+            cache = DynamicCache(config=base.config)
+            base(inputs_embeds=prompt.to(next(base.parameters()).dtype), use_cache=True,
+                 **{cache_keyword(base): cache})
+            prompt = cache
+        keys = [layer.keys.clone() for layer in prompt.layers]
+        values = [layer.values.clone() for layer in prompt.layers]
+    return int(config.num_virtual_tokens), keys, values
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

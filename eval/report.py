@@ -17,7 +17,7 @@ from pathlib import Path
 
 from genpi.eval.cost import CACHED, merged_name
 
-COST_METRICS = ("input_tokens", "output_tokens", "flops_per_request")
+COST_METRICS = ("input_tokens", "output_tokens", "flops_per_request", "virtual_tokens")
 
 
 def quality_metrics(report: dict) -> list[str]:
@@ -90,6 +90,8 @@ def tables(report: dict) -> list:
     flops = {n: m.get("flops_per_request") for n, m in per_system.items()}
     break_even = cost.get("break_even") or {}
     costs.add_row("input tokens", *(_fmt(per_system[n].get("input_tokens"), 1) for n in names))
+    if any(per_system[n].get("virtual_tokens") for n in names):
+        costs.add_row("of which a soft prompt's", *(_fmt(per_system[n].get("virtual_tokens") or None) for n in names))
     costs.add_row("output tokens", *(_fmt(per_system[n].get("output_tokens"), 1) for n in names))
     costs.add_row("GFLOPs (2·params·tokens)", *(_fmt(flops[n] / 1e9 if flops[n] else None, 2) for n in names))
     if any(latency.get(n) for n in names):  # measured only with --latency-inputs
@@ -100,7 +102,9 @@ def tables(report: dict) -> list:
     out = [quality, recovery, costs] if trained else [quality, costs]
     if latency.get(CACHED):
         merged = merged_name(cost["compared"])
-        arms = ["prompted", CACHED, cost["compared"]] + ([merged] if latency.get(merged) else [])
+        soft = [n for n in names if report["systems"][n]["metrics"].get("virtual_tokens") and n != cost["compared"]]
+        arms = ["prompted", CACHED, cost["compared"]] + ([merged] if latency.get(merged) else []) + [
+            n for n in soft if latency.get(n)]
         kv = dict(cost.get("kv") or {})
         kv[merged] = kv.get(cost["compared"])  # the same tokens in the same cache
         caching = Table(title=f"prompt caching vs internalization ({latency['pairs']} lone requests per arm, "

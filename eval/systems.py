@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genpi.adapter import AdapterInfo, read_adapter
+from genpi.adapter import PROMPT_LEARNING, AdapterInfo, read_adapter
 from genpi.errors import UserError
 from genpi.prompt import AgentPrompt, student_messages
 
@@ -34,6 +34,8 @@ class System:
         info: the adapter's ``genpi.json`` (an empty one for the base systems).
         prompt: the prompt this system is given instead of the evaluated one (a compressed system's).
         details: what describes the system beyond its kind (a compressed system's rates and token counts).
+        soft: the adapter is a soft prompt (prompt tuning, KV prefix): it is served in place of the prompt's
+            tokens, after the same chat framing, and its virtual tokens are context of every request.
     """
 
     name: str
@@ -44,14 +46,16 @@ class System:
     info: AdapterInfo = field(default_factory=AdapterInfo)
     prompt: AgentPrompt | None = None
     details: dict = field(default_factory=dict)
+    soft: bool = False
 
     def messages(self, prompt: AgentPrompt, turns: list[dict]) -> list[dict]:
         """The chat messages this system is given for ``turns`` (a conversation whose first turn is the bare input).
 
         The teacher view is the prompt and the input with the prompt's input prefix, as in synthesis; every other
-        system sees its student context and the bare input, as in training.
+        system sees its student context and the bare input, as in training. A soft prompt's system is given the
+        teacher view too, and the prompt's tokens are replaced by the soft prompt (``Generator.request_ids``).
         """
-        if self.kind in ("prompted", "compressed"):
+        if self.kind in ("prompted", "compressed") or self.soft:
             head = (self.prompt or prompt).teacher_messages(turns[0]["content"])
         else:
             head = student_messages(turns[0]["content"], self.student_context)
@@ -64,11 +68,11 @@ class System:
 
 def adapter_system(path: str | Path, kind: str) -> System:
     """An adapter directory as a system, named ``strategy`` for a baseline and ``strategy:directory`` otherwise."""
-    path, _, info = read_adapter(path, "--adapter" if kind == "adapter" else "--baseline")
+    path, peft_config, info = read_adapter(path, "--adapter" if kind == "adapter" else "--baseline")
     strategy = str(info.strategy or "adapter")
     name = strategy if kind == "baseline" else f"{strategy}:{path.name}"
     return System(name=name, kind=kind, adapter=str(path), strategy=strategy, student_context=info.student_context,
-                  info=info)
+                  info=info, soft=peft_config.get("peft_type") in PROMPT_LEARNING)
 
 
 def build_systems(
@@ -99,10 +103,10 @@ def build_systems(
                 f"{flag} {s.adapter} was trained on base model {s.info.base_model!r}, not {base_model!r}: "
                 "pass --model with its base model, or evaluate it separately"
             )
-    contexts = {json.dumps(s.student_context, sort_keys=True) for s in trained}
+    contexts = {json.dumps(s.student_context, sort_keys=True) for s in trained if not s.soft}
     if len(contexts) > 1:
         raise UserError("the adapters were trained with different student contexts (see their genpi.json): evaluate them separately")
-    context = trained[0].student_context if trained else []
+    context = next((s.student_context for s in trained if not s.soft), [])
     systems = [System("prompted", "prompted"), System("unprompted", "unprompted", student_context=context)] + trained
     names = [s.name for s in systems]
     for s in systems:  # two adapters from directories or strategies of the same name: make every label unique

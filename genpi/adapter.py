@@ -31,6 +31,8 @@ class AdapterInfo:
         synthesis: what synthesis kept and dropped (``run.json``'s counts).
         train_tokens, teacher_tokens, train_seconds, steps: the training cost (``genpi eval``'s break-even).
         records: what became of the records (used, skipped, cut); config: the ``TrainConfig`` as JSON.
+        stages: PromptIntern's stages (template rate asked and achieved, demonstrations, examples).
+        virtual_tokens: a soft prompt's length: context it adds to every request (0 for a LoRA).
         merged, exported_from: set by ``genpi export``.
     """
 
@@ -58,6 +60,8 @@ class AdapterInfo:
     train_seconds: float = 0.0
     processes: int = 1
     config: dict = field(default_factory=dict)
+    stages: list = field(default_factory=list)
+    virtual_tokens: int = 0
     merged: bool = False
     exported_from: str = ""
 
@@ -82,6 +86,13 @@ class AdapterInfo:
         tmp.replace(path)
 
     @property
+    def soft_prompt(self) -> bool:
+        """Whether the adapter is a soft prompt (prompt tuning, KV prefix) rather than a LoRA."""
+        from genpi.config import SOFT_PROMPTS
+
+        return self.strategy in SOFT_PROMPTS
+
+    @property
     def trained_tokens(self) -> int | None:
         """Tokens through the trained model in every epoch (context included), None when unrecorded."""
         return int(self.train_tokens) if self.train_tokens and self.train_tokens > 0 else None
@@ -100,6 +111,19 @@ def read_adapter(adapter_dir: str | Path, flag: str = "--adapter", require_info:
     if not require_info and not (path / GENPI_FILE).is_file():
         return path, peft_config, None
     return path, peft_config, AdapterInfo.read(path, flag)
+
+
+# PEFT types that put virtual tokens or a KV prefix before the input instead of changing weights.
+PROMPT_LEARNING = ("PROMPT_TUNING", "PREFIX_TUNING", "CARTRIDGE", "P_TUNING", "MULTITASK_PROMPT_TUNING")
+
+
+def require_mergeable(path: Path, peft_config: dict, what: str) -> None:
+    """A one-line error when the adapter is a soft prompt, which has no weights to fold into the base."""
+    kind = peft_config.get("peft_type")
+    if kind in PROMPT_LEARNING:
+        raise UserError(f"{path} is a soft prompt ({kind.lower()}), which cannot be {what}: it is context the model "
+                        "reads before every input, not a change of weights. Export it without --merge, and evaluate "
+                        "it with `genpi eval --adapter`")
 
 
 def _read_json(path: Path) -> dict:

@@ -109,6 +109,9 @@ TRAIN_EPILOG = """examples:
   genpi train --data runs/bash --strategy genpi --out adapters/bash
   genpi train --data runs/bash --strategy seqkd_kl --model HuggingFaceTB/SmolLM2-135M-Instruct --out adapters/bash-kl
   genpi train --data runs/bash --strategy genpi --w-pg 0.5 --max-steps 200 --out adapters/bash --resume
+  genpi train --data runs/bash --strategy promptintern --intern-rates 1,0.5,0 --intern-shots 2,1,0 --out adapters/bash-pi
+  genpi train --data runs/bash --strategy onpolicy --w-sft 0.7 --w-pg 0.3 --out adapters/bash-op   # mixed with GenPI
+  genpi train --data runs/bash --strategy kv_prefix --out adapters/bash-kv      # cannot be merged: a soft prompt
   genpi train --data runs/bash --out adapters/bash --training-args '{"report_to": "tensorboard"}'
   accelerate launch -m genpi train --data runs/bash --strategy genpi --out adapters/bash   # several processes
 """
@@ -128,10 +131,13 @@ def _add_train_parsers(sub) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train an adapter on a synthesis run (GenPI joint loss or a baseline)",
-        description="Train a LoRA adapter on a synthesis run with a strategy preset: genpi (behaviour + prompt "
-        "generation), seqkd (behaviour only), seqkd_kl / genpi_kl (plus a KL term to the prompted base model) or "
-        "prepend (the prompt kept in context). Writes a PEFT adapter, genpi.json and loss.png to --out.",
+        help="train an adapter on a synthesis run (GenPI joint loss, a baseline, or another method)",
+        description="Train an adapter on a synthesis run with a strategy preset: genpi (behaviour + prompt "
+        "generation), seqkd (behaviour only), seqkd_kl / genpi_kl (plus a KL term to the prompted base model), "
+        "prepend (the prompt kept in context), promptintern (the prompt compressed away in stages), onpolicy "
+        "(reverse KL on the student's own samples), or a soft prompt in place of the prompt: prompt_tuning "
+        "(virtual token embeddings) or kv_prefix (a trained KV prefix). Writes a PEFT adapter, genpi.json and "
+        "loss.png to --out (docs/TRAINING.md).",
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

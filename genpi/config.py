@@ -136,17 +136,27 @@ class SynthConfig:
 
 # Strategy presets: data views and loss weights. `prepend_share` is the share of behaviour examples that keep the
 # prompt in their context (its tokens unsupervised); 1.0 and 0.5 are the paper's prepend baselines. `pg_share` is
-# the share of records that also get a prompt-generation example (the paper: every record).
+# the share of records that also get a prompt-generation example (the paper: every record). `w_onpolicy` weighs the
+# reverse KL on the student's own samples (on-policy distillation). Which parameters train is the strategy's
+# `tuner`: a LoRA, or a soft prompt (virtual token embeddings, or a KV prefix) in place of the prompt.
 STRATEGIES = {
-    "genpi": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "prepend_share": 0.0, "pg_share": 1.0},
-    "seqkd": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "prepend_share": 0.0, "pg_share": 0.0},
-    "seqkd_kl": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 1.0, "prepend_share": 0.0, "pg_share": 0.0},
-    "genpi_kl": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 1.0, "prepend_share": 0.0, "pg_share": 1.0},
-    "prepend": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "prepend_share": 1.0, "pg_share": 0.0},
+    "genpi": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 1.0},
+    "seqkd": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 0.0},
+    "seqkd_kl": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 1.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 0.0},
+    "genpi_kl": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 1.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 1.0},
+    "prepend": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "w_onpolicy": 0.0, "prepend_share": 1.0, "pg_share": 0.0},
+    "promptintern": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 0.0},
+    "onpolicy": {"w_sft": 0.0, "w_pg": 0.0, "w_kl": 0.0, "w_onpolicy": 1.0, "prepend_share": 0.0, "pg_share": 0.0},
+    "prompt_tuning": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 1.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 0.0},
+    "kv_prefix": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 1.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 0.0},
 }
 
+# Strategies that train a soft prompt in place of the prompt instead of a LoRA: they cannot be merged, and their
+# virtual tokens are context of every request.
+SOFT_PROMPTS = ("prompt_tuning", "kv_prefix")
 
-Strategy = Literal["genpi", "seqkd", "seqkd_kl", "genpi_kl", "prepend"]
+Strategy = Literal["genpi", "seqkd", "seqkd_kl", "genpi_kl", "prepend", "promptintern", "onpolicy", "prompt_tuning",
+                   "kv_prefix"]
 
 
 @dataclass
@@ -162,6 +172,12 @@ class TrainConfig:
     w_kl: float | None = _f(None, "weight of the KL term to the prompted teacher (default: the strategy's)", at_least=0)
     prepend_share: float | None = _f(None, "share of behaviour examples that keep the prompt in context (default: the strategy's)", between=(0, 1))
     pg_share: float | None = _f(None, "share of records that also get a prompt-generation example (default: the strategy's)", between=(0, 1))
+    w_onpolicy: float | None = _f(None, "weight of the on-policy term: reverse KL to the prompted teacher on replies the student samples itself (default: the strategy's)", at_least=0)
+    onpolicy_max_new_tokens: int = _f(64, "tokens the student samples per input for the on-policy term, at most", at_least=1)
+    onpolicy_temperature: float = _f(1.0, "sampling temperature of the student's on-policy replies", between=(0.01, 2))
+    intern_rates: list[float] = _f([1.0, 0.5, 0.0], "promptintern: share of the prompt's tokens kept in each stage's template (pruned by surprisal, as --compressed in genpi eval; 0 = no prompt); one value per stage")
+    intern_shots: list[int] = _f([2, 1, 0], "promptintern: synthesized demonstration dialogues before the input in each stage; one value per stage")
+    virtual_tokens: int = _f(0, "prompt_tuning/kv_prefix: virtual tokens of the soft prompt, initialised from the prompt's first ones (0 = as many as the prompt has: a kv_prefix then starts as the prompted model)", at_least=0)
     kl_beta: float = _f(0.0, "divergence of the KL term: 0 = forward KL(teacher||student) as in context distillation, 1 = reverse KL(student||teacher), between = generalized JSD", between=(0, 1))
     kl_temperature: float = _f(1.0, "softmax temperature of both distributions in the KL term (the term is scaled by its square)", at_least=1e-6)
     student_context: list[dict] = _f([], "messages before each input at training and inference (default none: the template's own)")
@@ -171,7 +187,7 @@ class TrainConfig:
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r)", at_least=1)
     lora_dropout: float = _f(0.05, "dropout on the LoRA input", between=(0, 1))
     lora_target: str | list[str] = _f("all-linear", "modules that get LoRA: all-linear (every linear layer but the head), or a list of module names (a comma list on the command line)")
-    learning_rate: float = _f(1e-4, "peak learning rate", at_least=0)
+    learning_rate: float | None = _f(None, "peak learning rate (default: 1e-4 for a LoRA, 1e-2 for a soft prompt, whose few parameters need larger steps)", at_least=0)
     lr_scheduler: str = _f("cosine", "learning-rate schedule (a transformers scheduler name)")
     warmup_ratio: float = _f(0.03, "share of the steps spent warming up", between=(0, 0.999))
     epochs: float = _f(3.0, "passes over the records", at_least=0)
@@ -200,8 +216,27 @@ class TrainConfig:
         if self.max_steps <= 0 and self.epochs <= 0:
             raise UserError("--epochs is 0 and --max-steps is not set: give a positive --epochs or --max-steps")
         weights = self.weights()
-        if not weights["w_sft"] + weights["w_pg"] + weights["w_kl"] > 0:
-            raise UserError("every loss weight is 0: give --w-sft, --w-pg or --w-kl a positive value")
+        if not weights["w_sft"] + weights["w_pg"] + weights["w_kl"] + weights["w_onpolicy"] > 0:
+            raise UserError("every loss weight is 0: give --w-sft, --w-pg, --w-kl or --w-onpolicy a positive value")
+        try:
+            self.intern_rates = [float(r) for r in self.intern_rates]
+            self.intern_shots = [int(n) for n in self.intern_shots]
+        except (TypeError, ValueError):
+            raise UserError(f"--intern-rates {self.intern_rates!r} / --intern-shots {self.intern_shots!r}: give numbers, "
+                            "e.g. --intern-rates 1,0.5,0 --intern-shots 2,1,0") from None
+        if len(self.intern_rates) != len(self.intern_shots) or not self.intern_rates:
+            raise UserError(f"--intern-rates has {len(self.intern_rates)} stages and --intern-shots {len(self.intern_shots)}: "
+                            "give one value per stage in each, e.g. --intern-rates 1,0.5,0 --intern-shots 2,1,0")
+        if any(not 0 <= r <= 1 for r in self.intern_rates) or any(n < 0 for n in self.intern_shots):
+            raise UserError(f"--intern-rates {self.intern_rates} / --intern-shots {self.intern_shots}: rates must be between 0 "
+                            "and 1 and shots at least 0")
+        if self.strategy in SOFT_PROMPTS:
+            if weights["w_pg"] or weights["w_onpolicy"] or weights["prepend_share"]:
+                raise UserError(f"--strategy {self.strategy} trains a soft prompt with the behaviour and KL losses only: "
+                                "leave --w-pg, --w-onpolicy and --prepend-share at 0, or use a LoRA strategy")
+            if self.activation_checkpointing == "on":
+                raise UserError(f"--strategy {self.strategy}: activation checkpointing does not work with soft prompts "
+                                "(their prefix is outside the checkpointed layers): pass --activation-checkpointing off")
         from transformers.trainer_utils import SchedulerType
 
         schedulers = [t.value for t in SchedulerType]
@@ -211,6 +246,12 @@ class TrainConfig:
         if reserved:
             raise UserError(f"--training-args sets {', '.join(reserved)}, which genpi sets from its own flags: "
                             "use those flags instead")
+
+    def peak_lr(self) -> float:
+        """``learning_rate``, or the default of the strategy's kind of parameters."""
+        if self.learning_rate is not None:
+            return float(self.learning_rate)
+        return 1e-2 if self.strategy in SOFT_PROMPTS else 1e-4
 
     def weights(self) -> dict:
         """The strategy's preset with any weight given explicitly put over it."""
@@ -327,7 +368,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = 
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help strings
         if "(default" not in help_text and default not in ("", None, [], {}):
-            shown = ",".join(default) if isinstance(default, list) else default
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
             help_text += f" (default: {shown})"
         kwargs: dict = {"default": default, "help": help_text}
         choices = _choices(typ)

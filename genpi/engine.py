@@ -87,6 +87,7 @@ class PrefixStore:
         self.max_bytes = max_bytes
         self.entries: OrderedDict[tuple, _Entry] = OrderedDict()  # (variant, ids) -> entry
         self.nbytes = 0
+        self.pinned: dict[str, int] = {}  # variant -> length of the prefix every one of its requests starts with
 
     def best(self, variant: str, ids: list[int], limit: int) -> tuple[_Entry | None, int]:
         """The entry sharing the longest prefix with ``ids[:limit]``, and that length."""
@@ -107,9 +108,16 @@ class PrefixStore:
             return
         self.entries[key] = entry
         self.nbytes += entry.nbytes
-        while self.nbytes > self.max_bytes and len(self.entries) > 1:
-            _, old = self.entries.popitem(last=False)
-            self.nbytes -= old.nbytes
+        while self.nbytes > self.max_bytes:
+            oldest = next((k for k in self.entries if k != key and self.pinned.get(k[0]) != len(k[1])), None)
+            if oldest is None:
+                break
+            self.nbytes -= self.entries.pop(oldest).nbytes
+
+    def pin(self, variant: str, entry: _Entry) -> None:
+        """Keep ``entry`` for good: every request of ``variant`` starts with its ids and reuses its KV."""
+        self.pinned[variant] = len(entry.ids)
+        self.put(variant, entry)
 
 
 ATTENTION = "genpi_shared_prefix"
@@ -276,6 +284,16 @@ class Engine:
         self.queue.put((request, future, variant))
         return future
 
+    def pin_prefix(self, variant: str, ids: list[int], keys: list, values: list) -> None:
+        """Make ``keys``/``values`` (per layer ``(1, kv_heads, len(ids), head_dim)``) the KV of ``ids`` for every
+        request of ``variant``: never evicted, never computed. A soft prompt is served this way, its virtual
+        tokens standing as ``ids`` (placeholders no request of another variant shares). Call it before submitting
+        requests of ``variant``."""
+        keys = [k.to(self.device, self.dtype) for k in keys]
+        values = [v.to(self.device, self.dtype) for v in values]
+        nbytes = sum(k.numel() * k.element_size() * 2 for k in keys)
+        self.store.pin(variant, _Entry(tuple(ids), keys, values, nbytes))
+
     def generate(self, requests: list[Request], variant: str = "") -> list[Completion]:
         """Completions for ``requests``, in order (blocking)."""
         futures = [self.submit(r, variant) for r in requests]
@@ -406,9 +424,12 @@ class Engine:
         self._learn_shared_prefix(requests, variant)
         lo = len(self.active)
         rows: list[_Row] = []
+        pinned = self.store.pinned.get(variant, 0)
         for r, fut, v in items:
             entry, cached = self.store.best(variant, r.ids, len(r.ids) - 1)
-            if cached < self.min_prefix:
+            if cached < pinned:
+                raise ValueError(f"a request of {variant!r} does not start with its pinned prefix")
+            if cached < self.min_prefix and not pinned:
                 entry, cached = None, 0
             rows.append(_Row(r, fut, v, cached, cached, generator=self._generator(r)))
         hi = lo + len(rows)

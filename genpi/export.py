@@ -6,7 +6,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from genpi.adapter import GENPI_FILE, PEFT_CONFIG, AdapterInfo, read_adapter
+from genpi.adapter import GENPI_FILE, PEFT_CONFIG, AdapterInfo, read_adapter, require_mergeable
 from genpi.errors import UserError
 
 _ADAPTER_FILES = (PEFT_CONFIG, "adapter_model.safetensors", "adapter_model.bin", GENPI_FILE, "README.md",
@@ -18,6 +18,8 @@ def export(adapter: str | Path, out: str | Path, merge: bool = False, overwrite:
     folded into its weights (loadable with ``AutoModelForCausalLM.from_pretrained``, no PEFT needed)."""
     path, adapter_config, info = read_adapter(adapter, require_info=False)
     info = info or AdapterInfo(base_model=adapter_config.get("base_model_name_or_path") or "")
+    if merge:
+        require_mergeable(path, adapter_config, "merged into the base model")
     out = Path(out)
     if out.resolve() == path.resolve():
         raise UserError("--out is the adapter directory itself: choose another directory")

@@ -120,11 +120,20 @@ def load_model(name: str | None, dtype=None):
 
 @contextlib.contextmanager
 def quiet_peft():
-    """PEFT (0.21) reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates with a FutureWarning
-    on every wrap: the call is PEFT's, not ours, so only that one warning is silenced, and only while wrapping."""
+    """Deprecation noise of PEFT's (0.21) own calls into transformers 5, silenced while PEFT runs: it reads
+    ``model.is_gradient_checkpointing`` on every wrap, and a KV prefix's forward passes ``past_key_values`` (a
+    FutureWarning and a log line). The calls are PEFT's, not ours; only those messages are silenced."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
+        warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated.*", category=FutureWarning)
+        hf_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(level)
 
 
 def load_adapter(model, path, adapter_name: str = "default"):

@@ -91,6 +91,25 @@ class AgentPrompt:
         return len(_ids(with_prompt)) - len(_ids(without))
 
 
+def prompted_head(tokenizer, prompt: AgentPrompt) -> tuple[str, list[int]]:
+    """The rendered text every prompted request starts with, up to where the input begins, and its token ids as
+    the teacher has them: what a soft prompt stands in for (``prompt_tuning``, ``kv_prefix``).
+
+    The ids are those two prompted requests share, cut at a token boundary: the teacher's own tokens, which the
+    text alone, tokenized again, may not give back (a lead-in's closing blank line is one token on its own and two
+    before an input). The head's ids followed by the tokens of the rest of the rendered text are the teacher's.
+    """
+    a, b = (tokenizer.apply_chat_template(prompt.teacher_messages(x), tokenize=False, add_generation_prompt=True)
+            for x in ("a", "b"))
+    ids_a, ids_b = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (a, b))
+    n = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), min(len(ids_a), len(ids_b)))
+    head = tokenizer.decode(ids_a[:n])
+    if a.startswith(head):
+        return head, list(ids_a[:n])
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))  # no clean round trip
+    return a[:n], tokenizer(a[:n], add_special_tokens=False)["input_ids"]
+
+
 def student_messages(user_input: str, context: list[dict] | None = None) -> list[dict]:
     """The unprompted (student, AS-IS) context for one input: ``context`` (default none) then the input.
 

@@ -222,9 +222,12 @@ def load_served(model_name: str, adapters: list[str], served_name: str | None = 
                       temperature=float(cfg.temperature or 1.0) if sampled else 0.0,
                       top_p=float(cfg.top_p or 1.0) if sampled else 1.0)
 
-    from genpi.adapter import read_adapter
+    from genpi.adapter import read_adapter, require_mergeable
     from genpi.models import load_adapter
 
+    for path in adapters:  # before any model loads
+        adapter_dir, peft_config, _ = read_adapter(path)
+        require_mergeable(adapter_dir, peft_config, "served (`genpi serve` merges every adapter)")
     served = {served_name or model_name: one(served_name or model_name, load_model(model_name))}
     for path in adapters:
         adapter_dir, _, info = read_adapter(path)

@@ -47,10 +47,11 @@ def test_every_subcommand_has_help(command, capsys):
 def test_a_choice_field_lists_its_choices_and_a_wrong_one_is_one_line(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "{genpi,seqkd,seqkd_kl,genpi_kl,prepend}" in capsys.readouterr().out
+    assert "{genpi,seqkd,seqkd_kl,genpi_kl,prepend,promptintern,onpolicy,prompt_tuning,kv_prefix}" in capsys.readouterr().out
     assert main(["train", "--data", "r", "--strategy", "nope"]) == 2
     assert capsys.readouterr().err.strip() == ("genpi: error: unknown --strategy 'nope': choose one of genpi, seqkd, "
-                                               "seqkd_kl, genpi_kl, prepend")
+                                               "seqkd_kl, genpi_kl, prepend, promptintern, onpolicy, prompt_tuning, "
+                                               "kv_prefix")
 
 
 def test_unknown_flag_fails(capsys):

@@ -120,6 +120,7 @@ def test_cost_is_measured(report):
     assert kv["genpi:bash"]["attended_tokens"] < kv["prompted"]["attended_tokens"]
     merged = latency["genpi:bash (merged)"]  # as `genpi export --merge` serves it
     assert merged["input_tokens"] == latency["genpi:bash"]["input_tokens"] and merged["prefill_s"] > 0
+    assert latency["seqkd"]["prefill_s"] > 0 and "seqkd (merged)" not in latency  # every adapter, as it runs here
 
 
 def test_a_cached_prefix_changes_the_time_not_the_reply(setup):

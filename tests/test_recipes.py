@@ -64,3 +64,19 @@ def test_tasks_smoke_compares_simulated_and_sandboxed_dialogues_by_task_success(
     simulated = [json.loads(l)["input"] for l in (out / "train-simulated" / "records.jsonl").read_text().splitlines()]
     sandboxed = [json.loads(l)["input"] for l in (out / "train-sandbox" / "records.jsonl").read_text().splitlines()]
     assert sorted(simulated) == sorted(sandboxed)  # the same inputs: only the environment differs
+
+
+@pytest.mark.slow  # one synthesis, nine trainings, one evaluation of twelve systems (about 8 minutes)
+def test_compare_smoke_trains_every_strategy_and_prints_one_table(tmp_path, smol_path, capsys):
+    from genpi.config import STRATEGIES
+
+    out = tmp_path / "compare"
+    assert main(["run", "recipes/compare.py", "--smoke", "--out", str(out)]) == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    strategies = {s.get("strategy") for s in report["systems"].values()}
+    assert set(STRATEGIES) <= strategies and "compressed 0.5" in report["systems"]
+    soft = [n for n, s in report["systems"].items() if s["metrics"].get("virtual_tokens")]
+    assert len(soft) == 2 and all(report["cost"]["latency"].get(n) for n in soft)
+    assert all(report["cost"]["latency"].get(n) for n, s in report["systems"].items() if s.get("adapter"))
+    printed = capsys.readouterr().out
+    assert "every method, one table" in printed and "kv_prefix" in printed.split("every method, one table")[1]

@@ -20,7 +20,8 @@ from genpi.training.trainer import generalized_jsd, packing_works, scored_positi
 
 
 def test_presets_follow_the_paper_and_flags_override_them():
-    assert STRATEGIES["genpi"] == {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "prepend_share": 0.0, "pg_share": 1.0}
+    assert STRATEGIES["genpi"] == {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "w_onpolicy": 0.0, "prepend_share": 0.0,
+                                   "pg_share": 1.0}
     assert TrainConfig(strategy="seqkd").weights()["w_pg"] == 0.0
     assert TrainConfig(strategy="seqkd_kl").weights()["w_kl"] > 0
     assert TrainConfig(strategy="prepend").weights()["prepend_share"] == 1.0
@@ -37,7 +38,7 @@ def test_presets_follow_the_paper_and_flags_override_them():
 def test_paper_defaults():
     c = TrainConfig()
     assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target) == (16, 32, 0.05, "all-linear")
-    assert (c.learning_rate, c.lr_scheduler, c.warmup_ratio) == (1e-4, "cosine", 0.03)
+    assert (c.peak_lr(), c.lr_scheduler, c.warmup_ratio) == (1e-4, "cosine", 0.03)
 
 
 def test_generalized_jsd_endpoints_symmetry_and_bounds():

@@ -103,4 +103,7 @@ class GenPICollator:
         if examples and all(e.get("teacher_input_ids") for e in examples):
             teacher = [(e["teacher_input_ids"], e["teacher_labels"], BEHAVIOUR, i) for i, e in enumerate(examples)]
             batch.update(self._rows(teacher, prefix="teacher_"))
+        if examples and all(e.get("op_student_ids") for e in examples):  # contexts the student replies to itself
+            batch["op_student_ids"] = [list(e["op_student_ids"]) for e in examples]
+            batch["op_teacher_ids"] = [list(e["op_teacher_ids"]) for e in examples]
         return batch

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from genpi import __version__
 from genpi.adapter import GENPI_FILE, AdapterInfo
-from genpi.config import TrainConfig
+from genpi.config import SOFT_PROMPTS, TrainConfig
 from genpi.errors import UserError
 from genpi.prompt import AgentPrompt
 
 CHECKPOINTS = "checkpoints"
 SIGNATURE_FILE = "genpi_train.json"
-LOSS_KEYS = ("loss/sft", "loss/pg", "loss/kl")
+LOSS_KEYS = ("loss/sft", "loss/pg", "loss/kl", "loss/onpolicy")
 
 
 def load_training_run(run_dir: str | Path) -> tuple[dict, AgentPrompt, list[dict]]:
@@ -149,7 +149,7 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, style in zip(("loss", *LOSS_KEYS), ("k-", "C0-", "C1-", "C2-")):
+    for key, style in zip(("loss", *LOSS_KEYS), ("k-", "C0-", "C1-", "C2-", "C3-")):
         points = [(h["step"], h[key]) for h in log_history if key in h and "step" in h]
         if points:
             xs, ys = zip(*points)
@@ -171,6 +171,7 @@ def _summary(c, weights, stats, history, steps, seconds, out):
     table.add_column(style="bold")
     table.add_column()
     table.add_row("weights", f"sft {weights['w_sft']:g}  pg {weights['w_pg']:g}  kl {weights['w_kl']:g}"
+                  + (f"  onpolicy {weights['w_onpolicy']:g}" if weights["w_onpolicy"] else "")
                   + (f"  prepend {weights['prepend_share']:g}" if weights["prepend_share"] else "")
                   + (f"  pg share {weights['pg_share']:g}" if weights["w_pg"] and weights["pg_share"] < 1 else ""))
     skipped = f"{stats.skipped_error} failed or without an agent turn, {stats.skipped_too_long} too long"
@@ -214,10 +215,70 @@ def _log_lines_callback():
     return LogLines
 
 
+def _stage_examples(c: TrainConfig, tokenizer, records, prompt, context, console):
+    """PromptIntern's examples, stage after stage (genpi.training.promptintern), with the templates made first."""
+    from genpi.models import load_model
+    from genpi.training.promptintern import build_stage_examples, make_templates
+    from genpi.training.views import usable
+
+    try:
+        model = load_model(c.model).eval()
+    except OSError as e:
+        raise UserError(f"cannot load --model {c.model}: {str(e).splitlines()[0]}") from None
+    templates = make_templates(prompt, model, tokenizer, c.intern_rates)
+    del model
+    n = sum(usable(r) for r in records)
+    total = c.max_steps * c.batch_size * c.grad_accum if c.max_steps > 0 else max(1, round(c.epochs * n))
+    examples, stats, stages = build_stage_examples(tokenizer, records, prompt, c.intern_rates, templates,
+                                                   c.intern_shots, context=context, max_length=c.max_length,
+                                                   total=total, seed=c.seed)
+    for i, st in enumerate(stages, 1):
+        console.print(f"stage {i}: template {st.rate:g} of the prompt (kept {st.achieved:.3f} of its tokens), "
+                      f"{st.shots} demonstrations, {st.examples} examples", markup=False, highlight=False)
+    return examples, stats, stages
+
+
+def soft_prompt_config(c: TrainConfig, head_tokens: int):
+    """The PEFT config of a soft prompt strategy and its virtual tokens (by default the prompt's own count)."""
+    from peft import CartridgeConfig, PromptTuningConfig
+
+    virtual = c.virtual_tokens or head_tokens
+    if virtual > head_tokens:
+        raise UserError(f"--virtual-tokens {c.virtual_tokens}: the soft prompt is initialised from the prompt's tokens, "
+                        f"which are {head_tokens}: give at most {head_tokens} (or 0 for all of them)")
+    if c.strategy == "prompt_tuning":
+        return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual), virtual
+    return CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual), virtual
+
+
+def init_soft_prompt(model, strategy: str, ids: list[int]) -> None:
+    """Start a soft prompt from the prompt's first tokens: their embeddings (prompt tuning), or their keys and
+    values under the base model (a KV prefix; from the whole prompt, it is the prompted model exactly)."""
+    import torch
+    from peft import initialize_kv_prefix_from_past_key_values
+
+    device = next(model.parameters()).device
+    tensor = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        if strategy == "prompt_tuning":
+            embedding = model.prompt_encoder[model.active_adapter].embedding
+            embedding.weight.copy_(model.get_input_embeddings()(tensor)[0].to(embedding.weight.dtype))
+            return
+        from transformers import DynamicCache
+
+        from genpi.engine import cache_keyword
+
+        cache = DynamicCache(config=model.get_base_model().config)
+        with model.disable_adapter():
+            model(input_ids=tensor, use_cache=True, **{cache_keyword(model): cache})
+    initialize_kv_prefix_from_past_key_values(model, past_key_values=cache, num_virtual_tokens=len(ids))
+
+
 def train(config: TrainConfig, console=None) -> Path:
     """Train an adapter on a synthesis run; return the output directory (a PEFT adapter plus ``genpi.json``)."""
     from genpi.models import load_tokenizer, resolve_model
     from genpi.progress import make_console
+    from genpi.prompt import prompted_head
     from genpi.training.views import build_examples
 
     c = config
@@ -229,11 +290,18 @@ def train(config: TrainConfig, console=None) -> Path:
         tokenizer = load_tokenizer(c.model)
     except OSError as e:
         raise UserError(f"cannot load --model {c.model}: {str(e).splitlines()[0]}") from None
-    examples, stats = build_examples(
-        tokenizer, records, prompt, context=context, max_length=c.max_length,
-        prompt_generation=weights["w_pg"] > 0, teacher=weights["w_kl"] > 0,
-        prepend_share=weights["prepend_share"], pg_share=weights["pg_share"], seed=c.seed,
-    )
+    soft = c.strategy in SOFT_PROMPTS
+    head = prompted_head(tokenizer, prompt) if soft else None  # what a soft prompt stands in for: (text, ids)
+    stages = []
+    if c.strategy == "promptintern":
+        examples, stats, stages = _stage_examples(c, tokenizer, records, prompt, context, console)
+    else:
+        examples, stats = build_examples(
+            tokenizer, records, prompt, context=context, max_length=c.max_length,
+            prompt_generation=weights["w_pg"] > 0, teacher=weights["w_kl"] > 0,
+            prepend_share=weights["prepend_share"], pg_share=weights["pg_share"], seed=c.seed, soft=head,
+            onpolicy=weights["w_onpolicy"] > 0,
+        )
     if c.dry_run:
         _dry_run(tokenizer, examples, stats, weights, console)
         return Path(c.out)
@@ -254,14 +322,18 @@ def train(config: TrainConfig, console=None) -> Path:
     out = Path(c.out)
     ckpt_dir = out / CHECKPOINTS
     precision, dtype, checkpointing = _precision(c, examples, console)
+    checkpointing = checkpointing and not soft  # a soft prompt's prefix is outside the checkpointed layers
+    extra_args = {"report_to": "none", **c.training_args}  # anything else TrainingArguments takes, e.g. report_to
+    if stages:  # the stages are consecutive blocks of one pass: read in order, once
+        extra_args.update(train_sampling_strategy="sequential")
     args = GenPIConfig(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=c.batch_size,
         gradient_accumulation_steps=c.grad_accum,
-        learning_rate=c.learning_rate,
+        learning_rate=c.peak_lr(),
         lr_scheduler_type=c.lr_scheduler,
         warmup_steps=c.warmup_ratio,  # a value below 1 is a share of the steps
-        num_train_epochs=c.epochs,
+        num_train_epochs=1 if stages else c.epochs,
         max_steps=c.max_steps,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
@@ -273,7 +345,8 @@ def train(config: TrainConfig, console=None) -> Path:
         seed=c.seed,
         max_length=c.max_length,
         w_sft=weights["w_sft"], w_pg=weights["w_pg"], w_kl=weights["w_kl"],
-        kl_beta=c.kl_beta, kl_temperature=c.kl_temperature,
+        kl_beta=c.kl_beta, kl_temperature=c.kl_temperature, w_onpolicy=weights["w_onpolicy"],
+        onpolicy_max_new_tokens=c.onpolicy_max_new_tokens, onpolicy_temperature=c.onpolicy_temperature,
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every step
         dataloader_pin_memory=torch.cuda.is_available(),
         # Without a GPU, say so: under `accelerate launch`/`torchrun` the processes then join a gloo (CPU) process
@@ -283,7 +356,7 @@ def train(config: TrainConfig, console=None) -> Path:
         # Every token of every row the model computed (padding included), summed over processes and kept in the
         # checkpoints: genpi.json's train_tokens, from which `genpi eval` estimates training cost and break-even.
         include_num_input_tokens_seen="all",
-        **{"report_to": "none", **c.training_args},  # anything else TrainingArguments takes, e.g. report_to
+        **extra_args,
     )
     state = PartialState()  # the state the training arguments just set up
     resume_from = _prepare_output(c, state.is_main_process)
@@ -296,10 +369,16 @@ def train(config: TrainConfig, console=None) -> Path:
         model = load_model(c.model, dtype=dtype)
     except OSError as e:
         raise UserError(f"cannot load --model {c.model}: {str(e).splitlines()[0]}") from None
-    lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                      target_modules=_lora_targets(c, model), task_type="CAUSAL_LM")
-    pack = c.packing and packing_works(model)
-    if c.packing and not pack and state.is_main_process:
+    head_ids = head[1] if soft else []
+    if soft:
+        tuner, virtual = soft_prompt_config(c, len(head_ids))
+    else:
+        virtual = 0
+        tuner = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                           target_modules=_lora_targets(c, model), task_type="CAUSAL_LM")
+    # A soft prompt is one prefix per row, so its rows hold one sequence each.
+    pack = c.packing and not soft and packing_works(model)
+    if c.packing and not soft and not pack and state.is_main_process:
         console.print(f"[yellow]{c.model} does not keep packed sequences apart: training with padded rows[/yellow]")
     trainer = GenPITrainer(
         model=model,
@@ -308,10 +387,12 @@ def train(config: TrainConfig, console=None) -> Path:
         data_collator=GenPICollator(tokenizer.pad_token_id, pack=pack, attention_cost=attention_cost(model.config),
                                     max_width=c.max_length),
         processing_class=tokenizer,
-        peft_config=lora,
+        peft_config=tuner,
         callbacks=[RichProgressCallback() if console.is_terminal else LogLines(console), *c.callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # the rich panel, or LogLines, shows the logs
+    if soft and resume_from is None:
+        init_soft_prompt(trainer.accelerator.unwrap_model(trainer.model), c.strategy, head_ids[:virtual])
     start = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.monotonic() - start
@@ -339,13 +420,18 @@ def train(config: TrainConfig, console=None) -> Path:
             packing=pack,
             records=dataclasses.asdict(stats),
             steps=trainer.state.global_step,
-            train_tokens=int(trainer.state.num_input_tokens_seen),
-            # The teacher's forward passes (KL strategies) are not in train_tokens: its tokens per epoch times the
-            # epochs done.
-            teacher_tokens=round(sum(len(e.get("teacher_input_ids", ())) for e in examples) * trainer.state.epoch),
+            # The on-policy term's student rows are trained like the views' rows; its sampling and its teacher's
+            # rows, like the KL teacher's (tokens per epoch times the epochs done), are forward passes only.
+            # (The views' rows are counted as the collator made them; with no offline weight they are never run.)
+            train_tokens=int(trainer.state.num_input_tokens_seen) * bool(weights["w_sft"] + weights["w_pg"] + weights["w_kl"])
+            + trainer.onpolicy_tokens["student"],
+            teacher_tokens=round(sum(len(e.get("teacher_input_ids", ())) for e in examples) * trainer.state.epoch)
+            + trainer.onpolicy_tokens["teacher"] + trainer.onpolicy_tokens["sampled"],
             train_seconds=round(seconds, 2),
             processes=state.num_processes,
             config=c.public(),
+            stages=[st.to_dict() for st in stages],
+            virtual_tokens=virtual,
         ).write(out)
         plot_losses(history, out / "loss.png")
         console.print()  # below the progress panel

@@ -1,6 +1,6 @@
 """The GenPI trainer: TRL's ``SFTTrainer`` with the joint loss in ``compute_loss``.
 
-``L = w_sft·L_behaviour + w_pg·L_prompt_generation + w_kl·L_kl``
+``L = w_sft·L_behaviour + w_pg·L_prompt_generation + w_kl·L_kl + w_onpolicy·L_onpolicy``
 
 * Behaviour and prompt-generation rows share **one** forward pass; each loss is the mean over its own supervised
   tokens, so a long prompt-generation target does not drown the behaviour loss (or the reverse).
@@ -11,11 +11,19 @@
 * The KL term (forward ``KL(teacher || student)`` by default, times ``T²``) compares the student with the same PEFT
   model with its adapter disabled, fed the teacher view (the prompt, then the same dialogue). The two views supervise the same token ids in the same order within each
   example, so the supervised positions, sorted by example, align one to one.
+* The on-policy term (GKD's on-policy mode, Agarwal et al. 2024, applied to context distillation): the student,
+  adapter on and without the prompt, samples a reply to each input of the batch; the same model with the adapter
+  disabled and the prompt in context scores it; the loss is the reverse ``KL(student || teacher)`` over the whole
+  vocabulary at every sampled position. The student then learns on the contexts it reaches itself, not only on
+  the teacher's text.
+* A soft prompt (PEFT prompt tuning or a KV prefix) trains the same way: PEFT puts it before every row, and prompt
+  tuning's virtual positions come back in the logits, so they are skipped.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -75,6 +83,9 @@ class GenPIConfig(SFTConfig):
     w_kl: float = field(default=0.0, metadata={"help": "weight of the KL term to the prompted teacher"})
     kl_beta: float = field(default=0.0, metadata={"help": "0 = forward KL(teacher||student), 1 = reverse, between = JSD"})
     kl_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the KL term (scaled by T²)"})
+    w_onpolicy: float = field(default=0.0, metadata={"help": "weight of the reverse KL on the student's own samples"})
+    onpolicy_max_new_tokens: int = field(default=64, metadata={"help": "tokens sampled per input for the on-policy term"})
+    onpolicy_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the on-policy replies"})
     remove_unused_columns: bool = False
     # TRL turns the deprecated alias on by default; left unset, transformers' `activation_checkpointing` decides.
     gradient_checkpointing: bool | None = None
@@ -103,8 +114,14 @@ class GenPITrainer(SFTTrainer):
         a = self.args
         self.w_sft, self.w_pg, self.w_kl = float(a.w_sft), float(a.w_pg), float(a.w_kl)
         self.kl_beta, self.kl_temperature = float(a.kl_beta), float(a.kl_temperature)
-        if self.w_kl and not hasattr(self.accelerator.unwrap_model(self.model), "disable_adapter"):
-            raise ValueError("the KL term needs a PEFT model: its teacher is the same model with the adapter disabled")
+        self.w_onpolicy = float(a.w_onpolicy)
+        if (self.w_kl or self.w_onpolicy) and not hasattr(self.accelerator.unwrap_model(self.model), "disable_adapter"):
+            raise ValueError("the KL terms need a PEFT model: the teacher is the same model with the adapter disabled")
+        # Tokens of the on-policy term's forward passes: the student's rows (with gradient), and the sampling and the
+        # teacher's rows (without); added to genpi.json's training cost.
+        self.onpolicy_tokens = {"student": 0, "sampled": 0, "teacher": 0}
+        config = getattr(self.accelerator.unwrap_model(self.model), "active_peft_config", None)
+        self.soft_prompt = bool(config is not None and config.is_prompt_learning)
 
     @staticmethod
     def _model_inputs(inputs, prefix: str = "") -> dict:
@@ -117,7 +134,84 @@ class GenPITrainer(SFTTrainer):
             out = model(**self._model_inputs(inputs, "teacher_"), logits_to_keep=keep, use_cache=False)
         return out.logits
 
+    def _virtual_positions(self, model) -> int:
+        """Leading logit positions that are prompt tuning's virtual tokens (0 for every other adapter)."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        config = getattr(unwrapped, "active_peft_config", None)
+        return int(config.num_virtual_tokens) if config is not None and config.peft_type == "PROMPT_TUNING" else 0
+
+    def _pad(self, rows: list[list[int]], left: bool):
+        device = self.accelerator.device
+        width = max(len(r) for r in rows)
+        pad = self.processing_class.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        for i, r in enumerate(rows):
+            at = width - len(r) if left else 0
+            ids[i, at : at + len(r)] = torch.tensor(r, device=device)
+            mask[i, at : at + len(r)] = 1
+        return ids, mask
+
+    def sample_replies(self, model, contexts: list[list[int]]) -> list[list[int]]:
+        """The student's own replies (adapter on, no prompt) to ``contexts``, each through its end-of-turn token."""
+        from transformers import GenerationConfig
+
+        unwrapped = self.accelerator.unwrap_model(model)
+        tokenizer = self.processing_class
+        ids, mask = self._pad(contexts, left=True)
+        config = GenerationConfig(do_sample=True, temperature=self.args.onpolicy_temperature, top_k=0, top_p=1.0,
+                                  max_new_tokens=self.args.onpolicy_max_new_tokens,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = unwrapped.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        finally:
+            model.train(was_training)
+        replies = []
+        for row in out[:, ids.shape[1] :].tolist():
+            end = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+            replies.append(row[:end])
+        return replies
+
+    def onpolicy_loss(self, model, inputs) -> torch.Tensor:
+        """Mean reverse ``KL(student || teacher)`` per token over replies the student samples itself."""
+        students, teachers = inputs["op_student_ids"], inputs["op_teacher_ids"]
+        replies = self.sample_replies(model, students)
+        s_ids, s_mask = self._pad([c + r for c, r in zip(students, replies)], left=False)
+        t_ids, t_mask = self._pad([c + r for c, r in zip(teachers, replies)], left=False)
+        s_keep = torch.zeros_like(s_ids, dtype=torch.bool)
+        t_keep = torch.zeros_like(t_ids, dtype=torch.bool)
+        for i, (s, t, r) in enumerate(zip(students, teachers, replies)):  # the logits predicting each reply token
+            s_keep[i, len(s) - 1 : len(s) - 1 + len(r)] = True
+            t_keep[i, len(t) - 1 : len(t) - 1 + len(r)] = True
+        with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+            teacher = model(input_ids=t_ids, attention_mask=t_mask, logits_to_keep=t_keep, use_cache=False).logits
+        student = model(input_ids=s_ids, attention_mask=s_mask, logits_to_keep=s_keep, use_cache=False).logits
+        self.onpolicy_tokens["student"] += int(s_mask.sum())
+        self.onpolicy_tokens["teacher"] += int(t_mask.sum())
+        self.onpolicy_tokens["sampled"] += sum(len(c) + len(r) for c, r in zip(students, replies))
+        return kl_term(student, teacher, beta=1.0).mean()
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from genpi.models import quiet_peft
+
+        terms, loss, out = {}, None, None
+        if self.w_sft or self.w_pg or self.w_kl:
+            with quiet_peft() if self.soft_prompt else nullcontext():  # PEFT passes a KV prefix the deprecated way
+                loss, out, terms = self._offline_loss(model, inputs)
+        if self.w_onpolicy and "op_student_ids" in inputs:
+            l_op = self.onpolicy_loss(model, inputs)
+            loss = self.w_onpolicy * l_op if loss is None else loss + self.w_onpolicy * l_op
+            terms["loss/onpolicy"] = l_op
+        mode = "train" if model.training else "eval"
+        for name, value in terms.items():
+            self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
+        return (loss, out) if return_outputs else loss
+
+    def _offline_loss(self, model, inputs):
+        """The behaviour, prompt-generation and KL terms on the synthesized text: ``(loss, outputs, terms)``."""
         labels = inputs["labels"]
         keep = scored_positions(labels)
         targets = labels[:, 1:][keep[:, :-1]]
@@ -129,7 +223,9 @@ class GenPITrainer(SFTTrainer):
             t_keep = scored_positions(inputs["teacher_labels"])
             teacher_logits = self._teacher_logits(model, inputs, t_keep)
 
-        out = model(**self._model_inputs(inputs), logits_to_keep=keep, use_cache=False)
+        virtual = self._virtual_positions(model)
+        model_keep = torch.cat([keep.new_zeros((keep.shape[0], virtual)), keep], dim=1) if virtual else keep
+        out = model(**self._model_inputs(inputs), logits_to_keep=model_keep, use_cache=False)
         logits = out.logits  # (supervised tokens, vocab), in row-major order of the batch
         nll = F.cross_entropy(logits.float(), targets, reduction="none")
         l_sft = nll[beh].sum() / beh.sum().clamp(min=1)
@@ -150,11 +246,7 @@ class GenPITrainer(SFTTrainer):
             l_kl = kl.sum() / beh.sum().clamp(min=1)
             loss = loss + self.w_kl * l_kl
             terms["loss/kl"] = l_kl
-
-        mode = "train" if model.training else "eval"
-        for name, value in terms.items():
-            self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
-        return (loss, out) if return_outputs else loss
+        return loss, out, terms
 
 
 def packing_works(model) -> bool:

@@ -49,13 +49,18 @@ def _render(tokenizer, messages, add_generation_prompt=False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def render_with_labels(tokenizer, messages: list[dict], supervise_from: int = 0) -> tuple[list[int], list[int]]:
+def render_with_labels(tokenizer, messages: list[dict], supervise_from: int = 0, skip: str = ""
+                       ) -> tuple[list[int], list[int]]:
     """Token ids of a chat and labels on the assistant messages at index ``supervise_from`` or later.
 
     Each supervised span runs from the first token of the assistant's content to its end-of-turn token inclusive;
-    everything else (system, user turns, role headers, earlier assistant turns) is ``IGNORE``.
+    everything else (system, user turns, role headers, earlier assistant turns) is ``IGNORE``. ``skip``, a text
+    the rendered chat starts with, is left out (a soft prompt stands in for it).
     """
     full = _render(tokenizer, messages)
+    if skip and not full.startswith(skip):
+        raise UserError("the chat template renders the prompt differently for different inputs, so a soft prompt "
+                        "cannot stand in for it: use a LoRA strategy")
     eot = eot_text(tokenizer)
     spans = []
     for i, m in enumerate(messages):
@@ -72,7 +77,7 @@ def render_with_labels(tokenizer, messages: list[dict], supervise_from: int = 0)
         end = through.rfind(eot, len(before)) if eot else -1
         end = end + len(eot) if end >= 0 else len(through.rstrip())
         spans.append((len(before), end))
-    ids, labels, pos = [], [], 0
+    ids, labels, pos = [], [], len(skip)
     for start, end in spans:
         for text, supervised in ((full[pos:start], False), (full[start:end], True)):
             piece = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -99,7 +104,8 @@ def _first_turns(record: dict, prompt: AgentPrompt) -> tuple[str, str]:
     bare = record["input"]
     prefixed = prompt.teacher_messages(bare)[-1]["content"]
     first = record["dialogue"][0]
-    if first.get("role") != "user" or first.get("content") not in (bare, prefixed):
+    # A PromptIntern stage's template may drop the lead-in the dialogue was synthesized with: the input must end it.
+    if first.get("role") != "user" or not str(first.get("content", "")).endswith(bare):
         raise UserError(f"record {record.get('id')}: the dialogue must start with the user input; rerun `genpi synth`")
     return bare, prefixed
 
@@ -129,16 +135,18 @@ def teacher_messages(record: dict, prompt: AgentPrompt, turns: int) -> list[dict
     return [dict(m) for m in prompt.messages] + [{"role": "user", "content": prefixed}] + _dialogue_upto(record, turns)
 
 
-def fit_dialogue(tokenizer, record, prompt, context, max_length, with_prompt=False):
+def fit_dialogue(tokenizer, record, prompt, context, max_length, with_prompt=False, soft: str = ""):
     """The longest prefix of the dialogue (whole agent turns) that fits ``max_length``.
 
     Returns ``(ids, labels, turns)``, or ``None`` when not even the first agent turn fits. With ``with_prompt``
-    the prompt stays in the context (the *prepend* baseline) and its own demonstration turns are not supervised.
+    the prompt stays in the context (the *prepend* baseline, a PromptIntern stage's template) and its own
+    demonstration turns are not supervised. With ``soft`` (:func:`genpi.prompt.prompted_head`), the teacher's
+    tokens after the prompt: what follows a soft prompt standing in for it.
     """
     for turns in range(_agent_turns(record), 0, -1):
-        if with_prompt:
+        if with_prompt or soft:
             messages = teacher_messages(record, prompt, turns)
-            ids, labels = render_with_labels(tokenizer, messages, supervise_from=len(prompt.messages) + 1)
+            ids, labels = render_with_labels(tokenizer, messages, supervise_from=len(prompt.messages) + 1, skip=soft)
         else:
             messages = behaviour_messages(record, prompt, context, turns)
             ids, labels = render_with_labels(tokenizer, messages, supervise_from=len(context) + 1)
@@ -226,13 +234,19 @@ def build_examples(
     prepend_share: float = 0.0,
     pg_share: float = 1.0,
     seed: int = 0,
+    soft: tuple[str, list[int]] | None = None,
+    onpolicy: bool = False,
 ) -> tuple[list[dict], ViewStats]:
     """One training example per usable record: its behaviour view, and its prompt-generation and teacher views
     when asked for.
 
     ``prepend_share`` of the records (an exact share, chosen by a seeded hash of their ids) keep the prompt in the
     behaviour view's context, with the prompt's tokens unsupervised; with ``prompt_generation``, ``pg_share`` of
-    them (at least one, chosen the same way) also get a prompt-generation view.
+    them (at least one, chosen the same way) also get a prompt-generation view. With ``soft`` (the prompt's
+    rendered head and its ids, :func:`genpi.prompt.prompted_head`), the behaviour view is what follows it in the
+    teacher's tokens, for a soft prompt in its place. With ``onpolicy``, each example also carries the first turn's
+    context as the student and the teacher see it (``op_student_ids``, ``op_teacher_ids``), for replies the
+    student samples during training.
     """
     context = list(context or [])
     stats = ViewStats(records=len(records))
@@ -245,7 +259,8 @@ def build_examples(
     examples = []
     for record in good:
         prepended = record["id"] in prepend_ids
-        fitted = fit_dialogue(tokenizer, record, prompt, context, max_length, with_prompt=prepended)
+        fitted = fit_dialogue(tokenizer, record, prompt, context, max_length, with_prompt=prepended,
+                              soft=soft[0] if soft else "")
         if fitted is None:
             stats.skipped_too_long += 1
             continue
@@ -260,11 +275,16 @@ def build_examples(
             pg_input, pg_labels = prompt_generation_view(tokenizer, record, prompt, context, max_length)
             example["pg_input_ids"], example["pg_labels"] = pg_input, pg_labels
             stats.tokens["prompt_generation"] += sum(lab != IGNORE for lab in pg_labels)
-        if teacher:
+        if teacher and soft:  # the prompt's own tokens, then the same tokens: the pair differs by the prompt only
+            head = list(soft[1])
+            example["teacher_input_ids"], example["teacher_labels"] = head + ids, [IGNORE] * len(head) + labels
+        elif teacher:
             t_ids, t_labels = teacher_view(tokenizer, record, prompt, turns)
             if supervised_ids(t_ids, t_labels) != supervised_ids(ids, labels):
                 raise AssertionError(f"record {record['id']}: teacher and behaviour views supervise different tokens")
             example["teacher_input_ids"], example["teacher_labels"] = t_ids, t_labels
+        if onpolicy:
+            example["op_student_ids"], example["op_teacher_ids"] = onpolicy_contexts(tokenizer, record, prompt, context)
         examples.append(example)
     stats.used = len(examples)
     if not examples:
@@ -273,6 +293,15 @@ def build_examples(
             f"longer than --max-length {max_length} even at one agent turn): raise --max-length or synthesize again"
         )
     return examples, stats
+
+
+def onpolicy_contexts(tokenizer, record, prompt: AgentPrompt, context: list[dict]) -> tuple[list[int], list[int]]:
+    """The first turn's context, ready for the agent's reply: without the prompt (the student) and with it."""
+    bare, _ = _first_turns(record, prompt)
+    student = _render(tokenizer, student_messages(bare, context), add_generation_prompt=True)
+    teacher = _render(tokenizer, prompt.teacher_messages(bare), add_generation_prompt=True)
+    return ([*tokenizer(student, add_special_tokens=False)["input_ids"]],
+            [*tokenizer(teacher, add_special_tokens=False)["input_ids"]])
 
 
 def decode_view(tokenizer, ids: list[int], labels: list[int]) -> str:
