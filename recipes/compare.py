@@ -1,7 +1,7 @@
 """Every way to drop the prompt, side by side: one synthesized run, every strategy trained on it, one evaluation.
 
-    genpi run recipes/compare.py                  # the bash example (docs/RESULTS.md, "Every method, one table")
-    genpi run recipes/compare.py --smoke          # the CI size: same steps, smaller numbers
+    genpi run recipes/compare.py                  # the bash example: 33 minutes on 2 CPU cores (docs/RESULTS.md)
+    genpi run recipes/compare.py --smoke          # the CI size: about 6 minutes, same steps, smaller numbers
     genpi run recipes/compare.py --prompt my_agent.txt --checker my_checks.py:protocol --out runs/compare-mine
 
 Synthesizes a training run and held-out inputs on the embedded server (or --base-url), trains every strategy of
