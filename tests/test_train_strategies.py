@@ -232,3 +232,14 @@ def test_a_pinned_prefix_is_never_evicted_and_every_request_must_start_with_it()
     assert ("soft", (0, 0, 0)) in store.entries and ("soft", (0, 0, 0, 5)) not in store.entries
     entry, n = store.best("soft", [0, 0, 0, 9], 4)
     assert n == 3 and entry.ids == (0, 0, 0)
+
+
+def test_a_soft_prompt_dry_run_shows_what_follows_it(soft_runs, tmp_path, capsys):
+    from genpi.cli import main
+
+    run, _ = soft_runs
+    assert main(["train", "--data", str(run), "--strategy", "kv_prefix", "--dry-run", "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "behaviour (after the soft prompt, which stands in for the prompt's tokens)" in out
+    behaviour = out.split("supervised in [[...]]", 1)[1].split("teacher (prompt + dialogue", 1)[0]
+    assert "ShellBot" not in behaviour and "ShellBot" in out  # the prompt is in the teacher view only

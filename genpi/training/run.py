@@ -124,11 +124,12 @@ def _precision(c: TrainConfig, examples: list[dict], console, total_memory: int 
     return precision, dtype, checkpointing
 
 
-def _dry_run(tokenizer, examples, stats, weights, console) -> None:
+def _dry_run(tokenizer, examples, stats, weights, console, soft: bool = False) -> None:
     from genpi.training.views import decode_view
 
     e = examples[0]
-    context = "the prompt kept in context, unsupervised" if e.get("prepended") else "student context"
+    context = ("after the soft prompt, which stands in for the prompt's tokens" if soft else
+               "the prompt kept in context, unsupervised" if e.get("prepended") else "student context")
     views = [(f"behaviour ({context})", e["input_ids"], e["labels"])]
     if "pg_input_ids" in e:
         views.append(("prompt generation", e["pg_input_ids"], e["pg_labels"]))
@@ -303,7 +304,7 @@ def train(config: TrainConfig, console=None) -> Path:
             onpolicy=weights["w_onpolicy"] > 0,
         )
     if c.dry_run:
-        _dry_run(tokenizer, examples, stats, weights, console)
+        _dry_run(tokenizer, examples, stats, weights, console, soft=soft)
         return Path(c.out)
 
     import torch
