@@ -54,9 +54,10 @@ class Generator:
         self._adapter_names: dict[str, str] = {}
         self._soft: dict[str, tuple] = {}  # soft prompt system name -> (virtual tokens, keys, values)
         self._heads: dict[str, str] = {}  # prompt hash -> its rendered head (what a soft prompt replaces)
-        for s in systems:
+        for s in systems:  # before any LoRA is attached: a soft prompt's KV is the base model's
             if s.soft:
-                self._soft[s.name] = soft_prompt_kv(model_name, s.adapter, self.device)
+                self._soft[s.name] = soft_prompt_kv(base, s.adapter, model_name)
+        for s in systems:
             if not s.adapter or s.soft:
                 continue
             name = f"adapter{len(self._adapter_names)}"  # PEFT names become module keys: no dots or slashes
@@ -169,10 +170,9 @@ class Generator:
             for layer, (k, v) in enumerate(zip(keys, values)):
                 cache.update(k.clone(), v.clone(), layer)
             return self._placeholders(n), cache
-        a, b = ([*self.tokenizer(self.render(system.messages(prompt, [{"role": "user", "content": x}])),
-                                 add_special_tokens=False)["input_ids"]] for x in ("a", "b"))
-        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        ids = a[:n]
+        from genpi.prompt import shared_head
+
+        _, ids = shared_head(self.tokenizer, lambda x: system.messages(prompt, [{"role": "user", "content": x}]))
         with torch.inference_mode(), self.active(system):
             self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True,
                        **{cache_keyword(self.model): cache})
@@ -264,20 +264,19 @@ class Generator:
         return len(row)
 
 
-def soft_prompt_kv(model_name: str, adapter: str, device) -> tuple[int, list, list]:
-    """A soft prompt as what serving it takes: its virtual tokens' keys and values under the base model, per layer.
+def soft_prompt_kv(base, adapter: str, model_name: str) -> tuple[int, list, list]:
+    """A soft prompt as what serving it takes: its virtual tokens' keys and values under ``base``, per layer.
 
-    A KV prefix is those already; prompt tuning's virtual token embeddings are run through a copy of the base
-    model once (positions 0..n-1, as PEFT places them). Either way the tokens after it are computed at positions
-    from n on, as in training.
+    A KV prefix is those already; prompt tuning's virtual token embeddings are run through ``base`` once
+    (positions 0..n-1, as PEFT places them). Either way the tokens after it are computed at positions from n on,
+    as in training. PEFT's prompt-learning wrapper leaves ``base``'s modules as they were.
     """
     import torch
     from transformers import DynamicCache
 
     from genpi.engine import cache_keyword
-    from genpi.models import load_adapter, load_model, quiet_peft
+    from genpi.models import load_adapter, quiet_peft
 
-    base = load_model(model_name).to(device).eval()
     try:
         with quiet_peft():
             peft = load_adapter(base, adapter)

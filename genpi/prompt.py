@@ -91,15 +91,14 @@ class AgentPrompt:
         return len(_ids(with_prompt)) - len(_ids(without))
 
 
-def prompted_head(tokenizer, prompt: AgentPrompt) -> tuple[str, list[int]]:
-    """The rendered text every prompted request starts with, up to where the input begins, and its token ids as
-    the teacher has them: what a soft prompt stands in for (``prompt_tuning``, ``kv_prefix``).
+def shared_head(tokenizer, messages_for) -> tuple[str, list[int]]:
+    """The rendered text every request starts with, whatever its input, and its token ids as the model has them.
 
-    The ids are those two prompted requests share, cut at a token boundary: the teacher's own tokens, which the
-    text alone, tokenized again, may not give back (a lead-in's closing blank line is one token on its own and two
-    before an input). The head's ids followed by the tokens of the rest of the rendered text are the teacher's.
+    ``messages_for(x)`` gives the chat messages for input ``x``. The ids are those the requests for two different
+    inputs share, cut at a token boundary: the model's own tokens, which the text alone, tokenized again, may not
+    give back (a lead-in's closing blank line is one token on its own and two before an input).
     """
-    a, b = (tokenizer.apply_chat_template(prompt.teacher_messages(x), tokenize=False, add_generation_prompt=True)
+    a, b = (tokenizer.apply_chat_template(messages_for(x), tokenize=False, add_generation_prompt=True)
             for x in ("a", "b"))
     ids_a, ids_b = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (a, b))
     n = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), min(len(ids_a), len(ids_b)))
@@ -108,6 +107,13 @@ def prompted_head(tokenizer, prompt: AgentPrompt) -> tuple[str, list[int]]:
         return head, list(ids_a[:n])
     n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))  # no clean round trip
     return a[:n], tokenizer(a[:n], add_special_tokens=False)["input_ids"]
+
+
+def prompted_head(tokenizer, prompt: AgentPrompt) -> tuple[str, list[int]]:
+    """The prompted requests' :func:`shared_head`: what a soft prompt stands in for (``prompt_tuning``,
+    ``kv_prefix``), and what a server caching the prompt computes once. The head's ids followed by the tokens of
+    the rest of the rendered text are the teacher's."""
+    return shared_head(tokenizer, prompt.teacher_messages)
 
 
 def student_messages(user_input: str, context: list[dict] | None = None) -> list[dict]:

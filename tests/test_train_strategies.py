@@ -208,6 +208,7 @@ def test_virtual_tokens_beyond_the_prompt_are_a_one_line_error(soft_runs, tmp_pa
     run, _ = soft_runs
     with pytest.raises(UserError, match="--virtual-tokens 5000: .* give at most"):
         train(TrainConfig(data=str(run), out=str(tmp_path / "x"), strategy="kv_prefix", max_steps=1, virtual_tokens=5000))
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 def test_a_shorter_soft_prompt_is_cheaper_context(soft_runs, tmp_path):

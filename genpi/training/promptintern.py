@@ -85,7 +85,7 @@ def build_stage_examples(tokenizer, records: list[dict], prompt: AgentPrompt, ra
         head = [dict(m) for m in template.messages] if template else [dict(m) for m in context]
         staged = AgentPrompt(messages=tuple(head + demo_turns), kind="chat", source=f"{prompt.source} (stage {i + 1})",
                              input_prefix=template.input_prefix if template else "")
-        with_context = bool(staged.messages) and (template is not None or bool(demo_turns))
+        with_context = template is not None or bool(demo_turns)  # else the stage is the bare student view
         train_on = [r for r in records if r not in demos]
         stage_examples, s = build_examples(tokenizer, train_on, staged, context=context, max_length=max_length,
                                            prompt_generation=False, prepend_share=1.0 if with_context else 0.0,

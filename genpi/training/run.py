@@ -244,9 +244,6 @@ def soft_prompt_config(c: TrainConfig, head_tokens: int):
     from peft import CartridgeConfig, PromptTuningConfig
 
     virtual = c.virtual_tokens or head_tokens
-    if virtual > head_tokens:
-        raise UserError(f"--virtual-tokens {c.virtual_tokens}: the soft prompt is initialised from the prompt's tokens, "
-                        f"which are {head_tokens}: give at most {head_tokens} (or 0 for all of them)")
     if c.strategy == "prompt_tuning":
         return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual), virtual
     return CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual), virtual
@@ -293,6 +290,9 @@ def train(config: TrainConfig, console=None) -> Path:
         raise UserError(f"cannot load --model {c.model}: {str(e).splitlines()[0]}") from None
     soft = c.strategy in SOFT_PROMPTS
     head = prompted_head(tokenizer, prompt) if soft else None  # what a soft prompt stands in for: (text, ids)
+    if soft and c.virtual_tokens > len(head[1]):  # before anything is written
+        raise UserError(f"--virtual-tokens {c.virtual_tokens}: the soft prompt is initialised from the prompt's tokens, "
+                        f"which are {len(head[1])}: give at most {len(head[1])} (or 0 for all of them)")
     stages = []
     if c.strategy == "promptintern":
         examples, stats, stages = _stage_examples(c, tokenizer, records, prompt, context, console)
