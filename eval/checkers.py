@@ -6,11 +6,17 @@
 * ``regex:PATTERN``: the reply, stripped, matches ``PATTERN`` as a whole (``re.fullmatch``);
 * a JSON Schema file (``.json``): the reply is exactly one JSON value, valid under the schema; the extension
   keyword ``"x-key-order": true`` on an object schema also asks for the keys in the order of its ``properties``;
-* ``FILE.py:FUNCTION``: a function taking the reply and returning a bool, an ``(ok, reason)`` tuple or a
-  :class:`Check`. From Python, any such callable can be passed instead of a string.
+* ``FILE.py:FUNCTION``: a function taking the reply and returning a bool, an ``(ok, reason)`` tuple, an
+  ``(ok, reason, action)`` tuple or a :class:`Check`. From Python, any such callable can be passed instead of a string.
 
 A checker returns a :class:`Check` whose ``reason`` is a short, countable label of the failure (no text of the
 reply in it), so a report can say *how* a system fails, not only how often.
+
+A checker may also say what a passing reply *does*: its ``action``, a dict of named fields (``genpi eval`` compares
+them with the prompted model's, docs/EVALUATION.md "Action agreement"). A ``regex:`` pattern names them with named
+groups (``(?P<action>...)``, ``(?P<arg>...)``); a JSON Schema lists the reply's fields in the extension keyword
+``"x-action": ["field", ...]``; a Python checker returns them as the third element. By convention the field
+``action`` names the kind of action and the others its arguments.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from typing import Callable, NamedTuple, Union
 
 from genpi.errors import UserError
 
+
 class Check(NamedTuple):
     ok: bool
     reason: str = ""
+    action: dict | None = None  # what a passing reply does, as named fields (None: the checker does not say)
 
 
 @dataclass(frozen=True)
@@ -119,8 +127,10 @@ def _regex(pattern: str) -> Callable[[str], Check]:
         text = reply.strip()
         if not text:
             return Check(False, "empty reply")
-        if compiled.fullmatch(text):
-            return Check(True)
+        m = compiled.fullmatch(text)
+        if m:
+            fields = {k: " ".join(v.split()) for k, v in m.groupdict().items() if v is not None}
+            return Check(True, "", fields or None)
         m = compiled.search(text)
         if not m:
             return Check(False, "no match")
@@ -170,6 +180,11 @@ def _key_order(validator, enabled, instance, schema):
         yield ValidationError(f"keys are not in the order {order}")
 
 
+def _annotation(validator, value, instance, schema):
+    """``"x-action"`` annotates (which fields say what the reply does); it validates nothing."""
+    return iter(())
+
+
 def _schema(path: Path) -> Callable[[str], Check]:
     from jsonschema import validators
     from jsonschema.exceptions import SchemaError, best_match
@@ -187,7 +202,11 @@ def _schema(path: Path) -> Callable[[str], Check]:
         cls.check_schema(schema)
     except SchemaError as e:
         raise UserError(f"checker schema {path} is not a valid JSON Schema ({e.message}): fix the file") from None
-    validator = validators.extend(cls, {"x-key-order": _key_order})(schema)
+    validator = validators.extend(cls, {"x-key-order": _key_order, "x-action": _annotation})(schema)
+    fields = schema.get("x-action") if isinstance(schema, dict) else None
+    if fields is not None and (not isinstance(fields, list) or not all(isinstance(f, str) for f in fields)):
+        raise UserError(f"checker schema {path}: \"x-action\" must be a list of the reply's field names, "
+                        "e.g. [\"category\", \"escalate\"]")
 
     def check(reply: str) -> Check:
         value, parsed = _parse_json(reply, object_pairs_hook=_object)
@@ -198,7 +217,7 @@ def _schema(path: Path) -> Callable[[str], Check]:
             return Check(False, f"{duplicate}: duplicate key")
         error = best_match(validator.iter_errors(value))
         if error is None:
-            return Check(True)
+            return Check(True, "", {k: value.get(k) for k in fields} if fields and isinstance(value, dict) else None)
         # the instance's path with array indexes as [*], and the failing keyword: equal failures count together
         where = "$" + "".join("[*]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
         return Check(False, f"{where}: {'key order' if error.validator == 'x-key-order' else error.validator}")
@@ -243,8 +262,11 @@ def _guarded(fn: Callable) -> Callable[[str], Check]:
             return Check(False, f"checker raised {type(e).__name__}")
         if isinstance(result, bool):
             return Check(True) if result else Check(False, "checker returned False")
-        if isinstance(result, tuple) and len(result) == 2:
-            return Check(bool(result[0]), str(result[1]))
+        if isinstance(result, tuple) and len(result) in (2, 3):
+            action = result[2] if len(result) == 3 else None
+            if action is not None and not isinstance(action, dict):
+                return Check(False, "checker returned an action that is not a dict")
+            return Check(bool(result[0]), str(result[1]), action if result[0] else None)
         return Check(False, f"checker returned {type(result).__name__}")
 
     return check

@@ -10,6 +10,12 @@ The CLI (``genpi eval``), recipes and tests all call :func:`evaluate`. Fidelity 
 ``protocol`` and ``multiturn_protocol`` need no reference: the share of replies that pass the ``--checker``.
 ``task_success`` (with ``--tasks``) needs none either: the share of tasks whose check passed after the system
 worked them in a sandbox (genpi.eval.agent).
+
+Behaviour, not format: ``teacher_kl``, ``token_agreement`` and ``teacher_nll`` (genpi.eval.fidelity) force the
+prompted system's replies through every system; ``action`` and ``action_name`` (genpi.eval.actions) compare what the
+replies do, when the checker names it; ``execution_agreement`` (with ``--tasks``) compares what the first commands
+print in fresh sandboxes. The degenerate ``constant`` and ``minimal`` systems (genpi.eval.baselines) show what a
+useless system scores on each metric.
 """
 
 from __future__ import annotations
@@ -27,8 +33,12 @@ from genpi import __version__
 from genpi.config import EvalConfig
 from genpi.errors import UserError
 from genpi.eval import cost as cost_
+from genpi.eval.actions import action_scores, execution_agreement
+from genpi.eval.baselines import (constant_systems, format_only, near_duplicates, teacher_replies,
+                                  training_targets)
 from genpi.eval.checkers import get_checker
-from genpi.eval.heldout import HeldOut, HeldOutItem, check_overlap, load_heldout
+from genpi.eval.fidelity import teacher_forced
+from genpi.eval.heldout import HeldOut, HeldOutItem, check_overlap, load_heldout, training_records
 from genpi.eval.metrics import exact_match, mean, rouge_l
 from genpi.eval.multiturn import replay_turns
 from genpi.eval.reconstruction import reconstruction_score
@@ -63,6 +73,17 @@ def evaluate(config: EvalConfig, console=None) -> Path:
             else _heldout_from_tasks(config.tasks, tasks, config.num_inputs))
     systems, base_model = build_systems(prompt, config.adapter, config.baseline, config.model)
     checked_runs = _check_overlap(config, held, systems)
+    train_runs = _training_runs(config, systems)
+    train_records = [r for run in train_runs for r in training_records(run)]
+    scored = len(held.items)  # before any near duplicate is left out
+    near = near_duplicates([it.input for it in held.items], [r.get("input") or "" for r in train_records],
+                           config.near_duplicate) if train_records else []
+    if config.exclude_near_duplicates and near:
+        drop = {d["index"] for d in near}
+        held.items = [it for i, it in enumerate(held.items) if i not in drop]
+        if not held.items:
+            raise UserError(f"every held-out input of {held.source} is a near duplicate of a training input "
+                            f"(TF-IDF cosine >= {config.near_duplicate}): synthesize other held-out inputs")
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: choose a directory path")
@@ -97,11 +118,23 @@ def evaluate(config: EvalConfig, console=None) -> Path:
 
         for s in systems:
             single[s.name] = run("single turn", s, single_convs, config.max_new_tokens)
+        if config.constant:  # the degenerate baselines, from the training run's teacher replies if there is one
+            replies = teacher_replies(train_records) or [g.text for g in single["prompted"]]
+            source = ", ".join(train_runs) if teacher_replies(train_records) else "this run's prompted replies"
+            for s in constant_systems(replies, checker, source):
+                systems.append(s)
+                single[s.name] = run("single turn", s, single_convs, config.max_new_tokens)
+        forced = {}
+        if config.teacher_forcing:
+            task = bars.add_task(f"{'teacher-forced':<15} {sum(not s.model_free for s in systems)} systems",
+                                 total=len(single_convs), rate="")
+            forced = teacher_forced(gen, systems, prompt, single_convs, single["prompted"],
+                                    on_item=lambda: bars.advance(task))
         for s in systems:
             if turns:
                 multi[s.name] = run("multi-turn", s, [t.conversation for t in turns], config.max_new_tokens)
         for s in systems:
-            if recon_items and s.kind not in ("prompted", "compressed"):  # they have the prompt in context
+            if recon_items and s.kind not in ("prompted", "compressed") and not s.model_free:  # prompt in context
                 convs = [[{"role": "user", "content": _recon_question(it, i, single)}] for i, it in enumerate(recon_items)]
                 recon[s.name] = run("reconstruction", s, convs, recon_tokens)
         worked = {}
@@ -133,10 +166,20 @@ def evaluate(config: EvalConfig, console=None) -> Path:
 
     # --- score
     reference = [g.text for g in single["prompted"]]
-    scores, failures = _score(systems, single, multi, recon, reference, turns, checker, prompt.text)
+    scores, failures, checks = _score(systems, single, multi, recon, reference, turns, checker, prompt.text)
+    for name, values in forced.items():
+        scores[name].update(values)
+    for name, values in action_scores(checks).items() if checks else ():
+        scores[name].update(values)
     for name, outcomes in worked.items():
         scores[name]["task_success"] = [float(o.success) for o in outcomes]
         failures[name]["task_success"] = dict(Counter(o.reason for o in outcomes if not o.success))
+    if worked:
+        first_turns = {name: [next((t["content"] for t in o.turns if t["role"] == "assistant"), "") for o in outcomes]
+                       for name, outcomes in worked.items()}
+        with console.status("execution agreement: each system's first command and the teacher's, in fresh sandboxes"):
+            for name, values in execution_agreement(tasks, first_turns, limits, backend).items():
+                scores[name]["execution_agreement"] = values
     rows = _output_rows(systems, items, turns, recon_items, single, multi, recon, reference, scores)
     rows += [{"part": "task", "id": t.id, "request": t.request, "category": t.category, "check": t.check, "results": {
         name: dataclasses.asdict(outcomes[k]) for name, outcomes in worked.items()}} for k, t in enumerate(tasks)]
@@ -146,6 +189,9 @@ def evaluate(config: EvalConfig, console=None) -> Path:
     sys_metrics = {}
     for s in systems:
         m = {name: mean(values) for name, values in scores[s.name].items()}
+        if s.model_free:  # no model runs: it has no cost to compare
+            sys_metrics[s.name] = m
+            continue
         m["input_tokens"] = mean(g.input_tokens for g in single[s.name])
         m["output_tokens"] = mean(g.output_tokens for g in single[s.name])
         # A soft prompt's virtual tokens are context (input tokens, KV, attention) but their KV is computed once,
@@ -154,7 +200,7 @@ def evaluate(config: EvalConfig, console=None) -> Path:
         m["flops_per_request"] = cost_.flops_per_request(params + gen.adapter_params(s),
                                                          m["input_tokens"] - m["virtual_tokens"], m["output_tokens"])
         sys_metrics[s.name] = m
-    cost = _cost(systems, sys_metrics, params, compared.name, latency, prompt.token_length(gen.tokenizer),
+    cost = _cost(systems, {s.name: sys_metrics[s.name] for s in systems if not s.model_free}, params, compared.name, latency, prompt.token_length(gen.tokenizer),
                  gen.kv_bytes_per_token())
 
     # --- recovery
@@ -183,6 +229,13 @@ def evaluate(config: EvalConfig, console=None) -> Path:
             "rouge_l, exact_match": "the prompted system's greedy reply in this run",
             "multiturn_*": "the teacher's recorded agent turn, after the teacher's recorded history",
             "prompt_reconstruction": "the prompt's text (ROUGE-L; the reply's 'Reason:' part removed)",
+            **({"teacher_kl, token_agreement, teacher_nll": "the prompted system's greedy reply in this run, teacher-forced "
+                "through each system: KL(teacher || system) in nats per token, the share of tokens that are the "
+                "system's top-1, and the NLL of the reply"} if forced else {}),
+            **({"action, action_name": "the action the checker extracts from the prompted system's reply (inputs where "
+                "it has none are left out)"} if any("action" in v for v in scores.values()) else {}),
+            **({"execution_agreement": "the result (exit code and output) of the prompted system's first command on "
+                "each task, run in a fresh sandbox after the task's setup"} if worked else {}),
             **({"protocol, multiturn_protocol": f"none: the share of replies that pass the checker {checker.name}"}
                if checker else {}),
             **({"task_success": "none: the share of tasks whose check passed (answer or check command) after the "
@@ -190,6 +243,8 @@ def evaluate(config: EvalConfig, console=None) -> Path:
         },
         "systems": {s.name: {**s.describe(), "metrics": sys_metrics[s.name], "failures": failures[s.name]}
                     for s in systems},
+        "reference_rows": _reference_rows(config, checker, single["prompted"], train_records, train_runs, near,
+                                          scored, scores, systems),
         "recovery": rec,
         "noise_rule": {"noise_floor": config.noise_floor, "bootstrap": config.bootstrap, "interval": 0.95,
                        "rule": "undefined when |gap| <= noise_floor, or the 95% paired-bootstrap interval of the gap "
@@ -225,9 +280,9 @@ def read_report(out: str | Path) -> dict:
 
 
 def _score(systems, single, multi, recon, reference, turns, checker, prompt_text):
-    """Per-item scores ``{system: {metric: [score per item]}}`` and checker failure counts
-    ``{system: {metric: {reason: count}}}``."""
-    scores, failures = {}, {}
+    """Per-item scores ``{system: {metric: [score per item]}}``, checker failure counts
+    ``{system: {metric: {reason: count}}}`` and each system's single-turn checks (``{}`` without a checker)."""
+    scores, failures, single_checks = {}, {}, {}
     for s in systems:
         sc, fails = scores.setdefault(s.name, {}), failures.setdefault(s.name, {})
         parts = [("", [g.text for g in single[s.name]], reference)]
@@ -238,6 +293,8 @@ def _score(systems, single, multi, recon, reference, turns, checker, prompt_text
             sc[prefix + "exact_match"] = [exact_match(t, r) for t, r in zip(texts, refs)]
             if checker:
                 checks = [checker(t) for t in texts]
+                if not prefix:
+                    single_checks[s.name] = checks
                 sc[prefix + "protocol"] = [float(c.ok) for c in checks]
                 counts = fails.setdefault(prefix + "protocol", {})
                 for c in checks:
@@ -245,7 +302,7 @@ def _score(systems, single, multi, recon, reference, turns, checker, prompt_text
                         counts[c.reason] = counts.get(c.reason, 0) + 1
         if s.name in recon:
             sc["prompt_reconstruction"] = [reconstruction_score(g.text, prompt_text) for g in recon[s.name]]
-    return scores, failures
+    return scores, failures, single_checks
 
 
 def _output_rows(systems, items, turns, recon_items, single, multi, recon, reference, scores) -> list[dict]:
@@ -289,6 +346,30 @@ def _by_category(tasks: list, worked: dict) -> dict:
     return out
 
 
+def _training_runs(config: EvalConfig, systems) -> list[str]:
+    """The training runs the adapters came from (or ``--train-run``), where they still exist."""
+    runs = [config.train_run] if config.train_run else list(dict.fromkeys(
+        s.info.source_run for s in systems if s.info.source_run))
+    return [r for r in runs if Path(r).is_dir()]
+
+
+def _reference_rows(config, checker, prompted, train_records, train_runs, near, scored, scores, systems) -> dict:
+    """What the teacher's data scores, and how held out the inputs are (genpi.eval.baselines)."""
+    rows: dict = {"training_runs": train_runs}
+    if checker and train_records:
+        targets = training_targets(train_records)
+        rows["training_targets_protocol"] = {"pass": sum(checker(t).ok for t in targets), "n": len(targets)}
+    if checker:
+        uncut = [g for g in prompted if g.finish != "length"]
+        rows["prompted_uncut_protocol"] = {"pass": sum(checker(g.text).ok for g in uncut), "n": len(uncut),
+                                           "cut_off": len(prompted) - len(uncut)}
+        rows["format_only"] = format_only(scores, systems)
+    rows["near_duplicates"] = {"threshold": config.near_duplicate, "measure": "TF-IDF cosine, word 1-2 grams",
+                               "n": len(near), "of": scored,
+                               "excluded": config.exclude_near_duplicates, "pairs": near[:20]}
+    return rows
+
+
 def _check_overlap(config: EvalConfig, held, systems) -> list[str]:
     """Check the held-out inputs against the training run(s); return the runs checked."""
     if not config.overlap_check:
@@ -316,7 +397,8 @@ def _recon_question(item, index: int, single: dict) -> str:
 
 def _reply_row(g, scores: dict, i: int, prefix: str = "") -> dict:
     row = {"text": g.text, "input_tokens": g.input_tokens, "output_tokens": g.output_tokens}
-    for name in ("rouge_l", "exact_match", "protocol"):
+    row["finish"] = g.finish
+    for name in ("rouge_l", "exact_match", "protocol", "teacher_kl", "token_agreement", "teacher_nll"):
         if prefix + name in scores:
             row[name] = scores[prefix + name][i]
     return row

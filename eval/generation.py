@@ -22,6 +22,7 @@ class Generation:
     text: str
     input_tokens: int
     output_tokens: int  # generated tokens up to and including the end-of-turn token
+    finish: str = "stop"  # "stop" (end of turn), "stop_string" (cut where the environment's words began), "length"
 
 
 class Generator:
@@ -73,6 +74,8 @@ class Generator:
             self._adapter_names[s.name] = name
         self.model.eval()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        # the token a chat turn ends with: what the template writes after an assistant message
+        self.end_of_turn = _end_of_turn(self.tokenizer, self.eos_ids)
         from genpi.engine import Engine
 
         self.engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, rows=rows,
@@ -143,6 +146,12 @@ class Generator:
 
         from genpi.engine import Request
 
+        if system.reply is not None:  # a constant system: the same reply to everything, no model
+            for _ in conversations:
+                if on_reply:
+                    on_reply()
+            n = len(self.tokenizer(system.reply, add_special_tokens=False)["input_ids"]) + 1
+            return [Generation(system.reply, 0, n) for _ in conversations]
         ids = [self.request_ids(system, prompt, c) for c in conversations]
         with self.active(system):
             futures = [self.engine.submit(Request(x, max_new_tokens, stop=tuple(stop or ())), variant=system.name)
@@ -153,8 +162,43 @@ class Generator:
             done = [f.result() for f in futures]
         from genpi.synth.episodes import cut_at
 
-        return [Generation(cut_at(self.tokenizer.decode(c.ids, skip_special_tokens=True), stop or []).strip(), len(x),
-                           len(c.ids) + (c.finish_reason == "stop")) for x, c in zip(ids, done)]
+        out = []
+        for x, c in zip(ids, done):
+            decoded = self.tokenizer.decode(c.ids, skip_special_tokens=True)
+            text = cut_at(decoded, stop or [])
+            finish = "stop_string" if len(text) < len(decoded) else "stop" if c.finish_reason == "stop" else "length"
+            out.append(Generation(text.strip(), len(x), len(c.ids) + (c.finish_reason == "stop"), finish))
+        return out
+
+    def reply_ids(self, generation: Generation) -> list[int]:
+        """The tokens of a reply as a system is taught them: its text, and the end-of-turn token when the reply
+        ended there (a reply cut at a stop string or at the token limit has no end in it)."""
+        ids = self.tokenizer(generation.text, add_special_tokens=False)["input_ids"]
+        return ids + [self.end_of_turn] if generation.finish == "stop" else ids
+
+    def reply_logprobs(self, system: System, prompt: AgentPrompt, conversation: list[dict], reply: list[int],
+                       head: tuple[list[int], object]):
+        """Teacher forcing: the log-probabilities ``system`` gives each next token of ``reply`` after
+        ``conversation``, one row per reply token (``[len(reply), vocab]``, fp32), in one forward pass.
+
+        ``head`` is :meth:`prefix_cache` of ``system``: the tokens every request of it starts with are not
+        computed again (for a soft prompt, they are its virtual tokens).
+        """
+        import copy
+
+        from genpi.engine import cache_keyword
+
+        torch = self.torch
+        ids = self.request_ids(system, prompt, conversation)
+        head_ids, cache = head
+        if ids[: len(head_ids)] != head_ids:
+            raise ValueError(f"{system.name}: the request does not start with its cached head")
+        rest = ids[len(head_ids):] + reply
+        with torch.inference_mode(), self.active(system):
+            logits = self.model(input_ids=torch.tensor([rest], device=self.device), use_cache=True,
+                                **{cache_keyword(self.model): copy.deepcopy(cache)}).logits[0]
+        start = len(ids) - len(head_ids) - 1  # the logits at a position predict the next token
+        return torch.log_softmax(logits[start : start + len(reply)].float(), dim=-1)
 
     def prefix_cache(self, system: System, prompt: AgentPrompt) -> tuple[list[int], object]:
         """What a server with prompt caching computes once for ``system``: the tokens every request starts with
@@ -293,6 +337,14 @@ def soft_prompt_kv(base, adapter: str, model_name: str) -> tuple[int, list, list
         keys = [layer.keys.clone() for layer in prompt.layers]
         values = [layer.values.clone() for layer in prompt.layers]
     return int(config.num_virtual_tokens), keys, values
+
+
+def _end_of_turn(tokenizer, eos_ids: set[int]) -> int:
+    """The first end-of-sequence token the chat template writes after an assistant message."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+                                        tokenize=True, add_generation_prompt=False)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    return next((t for t in reversed(ids) if t in eos_ids), tokenizer.eos_token_id)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

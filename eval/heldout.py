@@ -113,12 +113,17 @@ def _from_file(path: Path) -> HeldOut:
     return HeldOut(str(path), "file", items)
 
 
-def training_inputs(run_dir: str | Path) -> list[str]:
-    """The inputs of a training run's records."""
+def training_records(run_dir: str | Path) -> list[dict]:
+    """The records of a training run, in their stored order."""
     from genpi.synth.store import load_run
 
     _, records = load_run(run_dir)
-    return [r.get("input") or "" for r in records]
+    return records.to_list()
+
+
+def training_inputs(run_dir: str | Path) -> list[str]:
+    """The inputs of a training run's records."""
+    return [r.get("input") or "" for r in training_records(run_dir)]
 
 
 def check_overlap(held: HeldOut, train_run: str | Path) -> None:

@@ -16,13 +16,17 @@ import math
 from pathlib import Path
 
 from genpi.eval.cost import CACHED, merged_name
+from genpi.eval.fidelity import FORCED, LOWER_IS_BETTER
 
 COST_METRICS = ("input_tokens", "output_tokens", "flops_per_request", "virtual_tokens")
 
 
+BEHAVIOUR = (*FORCED, "action", "action_name", "execution_agreement")
+
+
 def quality_metrics(report: dict) -> list[str]:
-    """The [0, 1] quality metrics present in the report: single-turn ones, multi-turn ones, then reconstruction;
-    within each, ROUGE-L, exact match, then protocol."""
+    """The quality metrics present in the report: behaviour (teacher-forced, then actions), single-turn text and
+    format, multi-turn, reconstruction, then tasks; within the text ones, ROUGE-L, exact match, then protocol."""
     present = []
     for system in report["systems"].values():
         for name in system["metrics"]:
@@ -30,7 +34,9 @@ def quality_metrics(report: dict) -> list[str]:
                 present.append(name)
 
     def key(name: str):
-        group = 3 if name == "task_success" else 2 if name == "prompt_reconstruction" else 1 if name.startswith("multiturn_") else 0
+        if name in BEHAVIOUR:
+            return 0, BEHAVIOUR.index(name)
+        group = 4 if name == "task_success" else 3 if name == "prompt_reconstruction" else 2 if name.startswith("multiturn_") else 1
         return group, {"rouge_l": 0, "exact_match": 1}.get(name.removeprefix("multiturn_"), 2)
 
     return sorted(present, key=key)
@@ -38,6 +44,11 @@ def quality_metrics(report: dict) -> list[str]:
 
 def write_json(report: dict, path: Path) -> None:
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def label(metric: str) -> str:
+    """A metric's row label: lower-is-better metrics say so."""
+    return f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -59,7 +70,7 @@ def tables(report: dict) -> list:
     for name in names:
         quality.add_column(name, justify="right")
     for m in metrics:
-        quality.add_row(m, *(_fmt(report["systems"][n]["metrics"].get(m)) for n in names))
+        quality.add_row(label(m), *(_fmt(report["systems"][n]["metrics"].get(m)) for n in names))
 
     recovery = Table(title="recovery = (S - S_unprompted) / (S_prompted - S_unprompted) [95% bootstrap interval]")
     recovery.add_column("metric")
@@ -78,12 +89,13 @@ def tables(report: dict) -> list:
                 ci = r.get("ratio_ci")
                 cells.append(f"{r['ratio']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""))
         if any(c != "–" for c in cells):
-            recovery.add_row(m, *cells)
+            recovery.add_row(label(m), *cells)
 
     cost = report["cost"]
     latency = cost.get("latency") or {}
     costs = Table(title=f"cost per request ({cost['params'] / 1e6:.0f}M parameters, prompt {cost['prompt_tokens']} tokens)")
     costs.add_column("")
+    names = [n for n in names if report["systems"][n]["kind"] != "constant"]  # no model runs: no cost
     for name in names:
         costs.add_column(name, justify="right")
     per_system = {n: report["systems"][n]["metrics"] for n in names}
@@ -139,9 +151,48 @@ def tables(report: dict) -> list:
     return out
 
 
+def behaviour_notes(report: dict) -> list[str]:
+    """What the degenerate baselines and reference rows say about the metrics, in words."""
+    out, ref = [], report.get("reference_rows") or {}
+    systems = report["systems"]
+    for name in ref.get("format_only") or []:
+        share = systems[name]["metrics"].get("protocol")
+        out.append(f"this checker tests format only: the {name} system (one reply to every input, no model) passes it on "
+                   f"{share:.0%} of the inputs; judge by teacher fidelity and action agreement")
+    for name, rec in (report.get("recovery") or {}).items():
+        if systems[name]["kind"] == "constant":
+            continue
+        flat = [m for m in ("token_agreement", "teacher_kl") if m in rec and _indistinguishable(rec[m])]
+        if flat:
+            out.append(f"{name} is indistinguishable from the unprompted model on {' and '.join(flat)} (recovery "
+                       "interval contains 0): it has not internalized the prompt's behaviour")
+    t, p = ref.get("training_targets_protocol"), ref.get("prompted_uncut_protocol")
+    if t:
+        out.append(f"reference: the checker passes {t['pass']} of {t['n']} training targets (agent turns trained on)")
+    if p and not p["n"]:
+        out.append(f"reference: none of the prompted model's {p['cut_off']} replies ended within the token limit "
+                   "(raise --max-new-tokens): format scores compare cut-off replies")
+    elif p:
+        out.append(f"reference: the prompted model passes {p['pass']} of its {p['n']} replies not cut off at the token "
+                   f"limit ({p['cut_off']} cut off); a system above the prompted one on format beats a teacher it never "
+                   "saw fail")
+    near = ref.get("near_duplicates")
+    if near and ref.get("training_runs"):
+        what = "left out" if near["excluded"] else "scored (--exclude-near-duplicates leaves them out)"
+        out.append(f"held out: {near['n']} of {near['of']} inputs are near duplicates of training inputs "
+                   f"({near['measure']} >= {near['threshold']:g}), {what}")
+    return out
+
+
+def _indistinguishable(r: dict) -> bool:
+    """Recovery that cannot be told from 0: its interval contains 0 (an undefined ratio says nothing either way)."""
+    ci = r.get("ratio_ci")
+    return bool(r.get("defined") and ci and ci[0] <= 0 <= ci[1])
+
+
 def notes(report: dict) -> list[str]:
-    """One-line facts printed under the tables: ratios, undefined recoveries, break-even caveats."""
-    cost, out = report["cost"], []
+    """One-line facts printed under the tables: behaviour caveats, ratios, undefined recoveries, break-even caveats."""
+    cost, out = report["cost"], behaviour_notes(report)
     lat = cost.get("latency") or {}
     if cost.get("input_token_ratio"):
         out.append(f"input tokens per request: prompted / {cost['compared']} = {cost['input_token_ratio']:.2f}x")
@@ -173,8 +224,18 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(report["systems"])
-    metrics = quality_metrics(report)
-    fig, (ax_q, ax_c) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    metrics = [m for m in quality_metrics(report) if m not in LOWER_IS_BETTER]
+    kl = {n: report["systems"][n]["metrics"].get("teacher_kl") for n in names}
+    kl = {n: v for n, v in kl.items() if v is not None}
+    fig, axes = plt.subplots(1, 3 if kl else 2, figsize=(15 if kl else 12, 4.5),
+                             gridspec_kw={"width_ratios": [3, 1, 1] if kl else [3, 1]})
+    ax_q, ax_c = axes[0], axes[-1]
+    if kl:
+        ax_k = axes[1]
+        ax_k.bar(range(len(kl)), list(kl.values()), color=[f"C{names.index(n)}" for n in kl])
+        ax_k.set_xticks(range(len(kl)), list(kl), rotation=30, ha="right")
+        ax_k.set_ylabel("nats per token")
+        ax_k.set_title("KL(teacher || system), lower is better")
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         values = [report["systems"][name]["metrics"].get(m) for m in metrics]
@@ -188,9 +249,10 @@ def plot(report: dict, path: Path) -> None:
     ax_q.set_ylabel("score (higher is closer to the prompted teacher)")
     ax_q.set_title(f"quality on {report['inputs']['n']} held-out inputs")
     ax_q.legend(fontsize=8)
-    tokens = [report["systems"][n]["metrics"].get("input_tokens") or 0 for n in names]
-    ax_c.bar(range(len(names)), tokens, color=[f"C{i}" for i in range(len(names))])
-    ax_c.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    models = [n for n in names if report["systems"][n]["kind"] != "constant"]
+    tokens = [report["systems"][n]["metrics"].get("input_tokens") or 0 for n in models]
+    ax_c.bar(range(len(models)), tokens, color=[f"C{names.index(n)}" for n in models])
+    ax_c.set_xticks(range(len(models)), models, rotation=30, ha="right")
     ax_c.set_ylabel("input tokens per request")
     ax_c.set_title("cost")
     fig.tight_layout()

@@ -6,6 +6,9 @@
 * one system per ``--baseline``: an adapter trained with another strategy, labelled by that strategy.
 * one system per ``--compressed`` rate: the base model with the prompt pruned to that share of its tokens
   (genpi.eval.compression), no training.
+* degenerate baselines (``--constant``, genpi.eval.baselines): ``constant`` answers every input with the teacher's
+  most frequent reply, ``minimal`` with the shortest teacher reply that passes the checker; no model runs. A metric
+  they score well on cannot tell a working adapter from a useless one.
 
 All systems receive the same conversation; only the context before its first turn differs.
 """
@@ -27,7 +30,7 @@ class System:
 
     Attributes:
         name: label in the report.
-        kind: ``"prompted"``, ``"unprompted"``, ``"adapter"``, ``"baseline"`` or ``"compressed"``.
+        kind: ``"prompted"``, ``"unprompted"``, ``"adapter"``, ``"baseline"``, ``"compressed"`` or ``"constant"``.
         adapter: the adapter directory (None for the base model).
         strategy: the training strategy from ``genpi.json``.
         student_context: messages placed before the input when there is no prompt ([] = the template's default).
@@ -36,6 +39,7 @@ class System:
         details: what describes the system beyond its kind (a compressed system's rates and token counts).
         soft: the adapter is a soft prompt (prompt tuning, KV prefix): it is served in place of the prompt's
             tokens, after the same chat framing, and its virtual tokens are context of every request.
+        reply: a constant system's one reply to every input (None for a model).
     """
 
     name: str
@@ -47,6 +51,12 @@ class System:
     prompt: AgentPrompt | None = None
     details: dict = field(default_factory=dict)
     soft: bool = False
+    reply: str | None = None
+
+    @property
+    def model_free(self) -> bool:
+        """A constant system: nothing to time, teacher-force or ask for the prompt back."""
+        return self.reply is not None
 
     def messages(self, prompt: AgentPrompt, turns: list[dict]) -> list[dict]:
         """The chat messages this system is given for ``turns`` (a conversation whose first turn is the bare input).

@@ -1,7 +1,9 @@
 """The protocol of bash_agent.txt as a checker: ``genpi eval --checker examples/bash_agent.checks.py:protocol``.
 
 A checker file is plain Python: genpi imports it and calls the named function on every reply. The function
-returns ``(ok, reason)``; the reason is a short label without the reply's text, so the report can count them.
+returns ``(ok, reason, action)``; the reason is a short label without the reply's text, so the report can count
+them; the action says what a passing reply does (``{"action": "bash", "arg": command}``, ``answer`` with its
+answer, or ``finish``), which ``genpi eval`` compares with the prompted model's.
 """
 
 import re
@@ -13,7 +15,11 @@ _ACT_ANSWER = re.compile(r"Act: answer\(([^\n]*)\)")
 _ACT_FINISH = re.compile(r"Act: finish")
 
 
-def protocol(reply: str) -> tuple[bool, str]:
+def _same_spacing(text: str) -> str:
+    return " ".join(text.split())
+
+
+def protocol(reply: str) -> tuple:
     """``Think: <reasoning>`` on one line, then exactly one action, with nothing before or after.
 
     The action is ``Act: bash`` followed by one fenced ```` ```bash ```` block holding a command, or
@@ -43,14 +49,14 @@ def protocol(reply: str) -> tuple[bool, str]:
             return False, "empty bash command"
         if "```" in command:
             return False, "more than one fenced block"
-        return True, ""
+        return True, "", {"action": "bash", "arg": _same_spacing(command)}
     if act_line.startswith("Act: answer"):
         m = _ACT_ANSWER.fullmatch(rest)
         if not m:
             return False, "malformed answer(...) or text after it"
         if not m.group(1).strip():
             return False, "empty answer()"
-        return True, ""
+        return True, "", {"action": "answer", "arg": _same_spacing(m.group(1))}
     if act_line.startswith("Act: finish"):
-        return (True, "") if _ACT_FINISH.fullmatch(rest) else (False, "text after Act: finish")
+        return (True, "", {"action": "finish"}) if _ACT_FINISH.fullmatch(rest) else (False, "text after Act: finish")
     return False, "unknown action (not bash, answer(...) or finish)"

@@ -33,6 +33,7 @@ Act: answer(12)
 BASH_CHECKS = f"{Path(__file__).resolve().parent.parent / 'examples' / 'bash_agent.checks.py'}:protocol"
 QUALITY = ("rouge_l", "exact_match", "protocol", "multiturn_rouge_l", "multiturn_exact_match", "multiturn_protocol")
 COST = ("input_tokens", "output_tokens", "flops_per_request")
+FORCED = ("teacher_kl", "token_agreement", "teacher_nll")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,9 +79,12 @@ def report(setup):
 
 
 def test_report_has_every_system_and_metric(setup, report):
-    assert list(report["systems"]) == ["prompted", "unprompted", "genpi:bash", "seqkd"]
+    assert list(report["systems"])[:4] == ["prompted", "unprompted", "genpi:bash", "seqkd"]
+    assert {s["kind"] for s in list(report["systems"].values())[4:]} == {"constant"}
     for name, system in report["systems"].items():
-        for metric in QUALITY + COST:
+        if system["kind"] == "constant":
+            continue
+        for metric in QUALITY + COST + FORCED:
             assert system["metrics"][metric] is not None, (name, metric)
         assert ("prompt_reconstruction" in system["metrics"]) == (name != "prompted")
     assert report["systems"]["seqkd"]["kind"] == "baseline"
@@ -92,10 +96,29 @@ def test_report_has_every_system_and_metric(setup, report):
     assert report["inputs"]["n"] == 2 and report["inputs"]["multiturn_turns"] == 2
     assert report["inputs"]["overlap_checked_against"] == [str(setup["root"] / "train")]
     for name in ("genpi:bash", "seqkd"):
-        assert set(report["recovery"][name]) == set(QUALITY)
+        assert set(report["recovery"][name]) == set(QUALITY + FORCED)
         for r in report["recovery"][name].values():
             assert (r["ratio"] is None) == (not r["defined"])
     assert report["commands"] and report["versions"]["torch"]
+
+
+def test_teacher_forcing_and_the_constant_baseline(setup, report):
+    systems = report["systems"]
+    teacher = systems["prompted"]["metrics"]
+    assert teacher["teacher_kl"] == 0.0 and teacher["token_agreement"] == 1.0  # its own greedy reply
+    for name in ("unprompted", "genpi:bash", "seqkd"):
+        m = systems[name]["metrics"]
+        assert m["teacher_kl"] > 0.1 and m["token_agreement"] < 1.0 and m["teacher_nll"] > teacher["teacher_nll"]
+    constant = systems["constant"]
+    # the teacher's most frequent reply on the training run, the same to every input, with no model cost
+    assert constant["reply"].startswith("Think: step 0 for") and "teacher_kl" not in constant["metrics"]
+    assert constant["metrics"]["protocol"] == 1.0 and "input_tokens" not in constant["metrics"]
+    assert report["reference_rows"]["format_only"] == ["constant"]
+    assert report["reference_rows"]["training_targets_protocol"] == {"pass": 4, "n": 4}
+    rows = [json.loads(line) for line in (setup["root"] / "report" / "outputs.jsonl").read_text().splitlines()]
+    single = [r for r in rows if r["part"] == "single"]
+    assert all(r["replies"]["constant"]["text"] == constant["reply"] for r in single)
+    assert all(r["replies"]["prompted"]["teacher_kl"] == 0.0 for r in single)
 
 
 def test_cost_is_measured(report):
