@@ -252,6 +252,9 @@ def test_tasks_are_worked_in_sandboxes_and_scored_for_every_system(setup):
         failed = round((1 - system["metrics"]["task_success"]) * 3)
         assert sum(system["failures"].get("task_success", {}).values()) == failed
     assert "task_success" in next(iter(report["recovery"].values()))
+    # first commands run in fresh sandboxes, for every system (scored on the tasks where the teacher runs one)
+    assert all("execution_agreement" in s["metrics"] for s in report["systems"].values())
+    assert "execution_agreement" in report["references"]
     rows = [json.loads(l) for l in (setup["root"] / "tasks-report" / "outputs.jsonl").read_text().splitlines()]
     worked = [r for r in rows if r["part"] == "task"]
     assert len(worked) == 3 and all(set(r["results"]) == set(report["systems"]) for r in worked)

@@ -175,6 +175,28 @@ def test_each_system_starts_from_the_tasks_setup_not_from_another_systems_work()
     assert _work(agent, [task])[0].success  # a second system's sandbox is fresh: 2 lines again, not 3
 
 
+@pytest.mark.skipif(not BACKEND, reason="no sandbox backend can isolate commands on this machine")
+def test_execution_agreement_compares_what_the_commands_do_in_fresh_sandboxes():
+    from genpi.eval.actions import execution_agreement
+
+    setup = "mkdir -p /srv/d && touch /srv/d/a.log /srv/d/b.log /srv/d/c.txt"
+    tasks = [Task("count", "Count the logs.", {"answer": "2"}, setup=setup),
+             Task("list", "List the logs.", {"answer": "x"}, setup=setup),
+             Task("none", "Say hi.", {"answer": "hi"}),
+             Task("pid", "Which pid?", {"answer": "1"})]
+    turns = {
+        "prompted": [_bash("ls /srv/d/*.log | wc -l"), _bash("ls /srv/d/*.log"), "Act: answer(hi)",
+                     _bash("echo $$ $RANDOM")],
+        # another command with the same result agrees; the same kind of command with another result does not
+        "adapter": [_bash("find /srv/d -name '*.log' | wc -l"), _bash("ls /srv/d"), _bash("echo hi"),
+                    _bash("echo $$ $RANDOM")],
+        "constant": ["Think: x\nAct: finish"] * 4,
+    }
+    scores = execution_agreement(tasks, turns, Limits(seconds=5), BACKEND)
+    # "none" is left out (the teacher runs no command); "pid" prints a random number: no one agrees, not even a rerun
+    assert scores == {"prompted": [1.0, 1.0, 0.0], "adapter": [1.0, 0.0, 0.0], "constant": [0.0, 0.0, 0.0]}
+
+
 # --- bad input on the command line
 
 
