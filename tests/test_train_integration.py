@@ -95,6 +95,7 @@ def test_kl_is_zero_for_identical_views_positive_with_the_prompt_and_packing_cha
     with torch.no_grad():
         trainer.compute_loss(trainer.model, GenPICollator(tok.pad_token_id)(same))
         assert abs(metrics["loss/kl"][-1]) < 1e-5
+        assert "loss/pg" not in metrics  # no prompt-generation rows in the batch: no loss/pg logged (not a 0)
         for pack in (True, False):
             batch = GenPICollator(tok.pad_token_id, pack=pack)(prompted)
             assert ("position_ids" in batch) == pack
@@ -132,7 +133,7 @@ def trained(tmp_path_factory):
     out = root / "adapter"
     flags = ["train", "--data", str(run), "--out", str(out), "--strategy", "genpi_kl", "--batch-size", "1",
              "--max-length", "384", "--learning-rate", "1e-3", "--save-steps", "1", "--save-total-limit", "5",
-             "--lora-dropout", "0"]
+             "--lora-dropout", "0", "--pg-share", "1"]  # every step has a prompt-generation row to log
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         assert main(flags + ["--max-steps", "2"]) == 0
     first = json.loads((out / "genpi.json").read_text())
@@ -192,11 +193,9 @@ def test_few_records_train_min_steps_whole_epochs_and_a_run_that_learnt_is_not_w
 def test_train_tokens_count_what_was_computed_across_a_resume(trained, smol_tokenizer):
     """genpi.json's token counts (eval's training cost and break-even) cover both runs of a resumed training."""
     run, out, first = trained
-    from genpi.config import STRATEGIES
-
     examples, _ = build_examples(smol_tokenizer, fx.records(), fx.prompt(), max_length=384, prompt_generation=True,
-                                 teacher=True, pg_share=STRATEGIES["genpi_kl"]["pg_share"])
-    lengths = [len(e["input_ids"]) + len(e.get("pg_input_ids") or ()) for e in examples]  # one record per step (batch 1)
+                                 teacher=True)  # --pg-share 1, as the fixture trains
+    lengths = [len(e["input_ids"]) + len(e["pg_input_ids"]) for e in examples]  # one record per step (batch 1)
     meta = json.loads((out / "genpi.json").read_text())
     assert 2 * min(lengths) <= first["train_tokens"] <= 2 * 2 * max(lengths)  # rows may pad, at most to double
     assert 3 * min(lengths) <= meta["train_tokens"] <= 3 * 2 * max(lengths)
