@@ -30,6 +30,8 @@ class AdapterInfo:
         source_run: the synthesis run trained on (``genpi eval`` checks held-out inputs against it).
         synthesis: what synthesis kept and dropped (``run.json``'s counts).
         train_tokens, teacher_tokens, train_seconds, steps: the training cost (``genpi eval``'s break-even).
+        epochs, step_plan: the passes over the records done, and the plan they came from (steps, epochs, why).
+        too_short: why the run was too short to learn and the flag that fixes it; empty when it was not.
         records: what became of the records (used, skipped, cut); config: the ``TrainConfig`` as JSON.
         stages: PromptIntern's stages (template rate asked and achieved, demonstrations, examples).
         virtual_tokens: a soft prompt's length: context it adds to every request (0 for a LoRA).
@@ -55,6 +57,9 @@ class AdapterInfo:
     packing: bool = False
     records: dict = field(default_factory=dict)
     steps: int = 0
+    epochs: float = 0.0
+    step_plan: dict = field(default_factory=dict)
+    too_short: str = ""
     train_tokens: int = 0
     teacher_tokens: int = 0
     train_seconds: float = 0.0

@@ -136,14 +136,15 @@ class SynthConfig:
 
 # Strategy presets: data views and loss weights. `prepend_share` is the share of behaviour examples that keep the
 # prompt in their context (its tokens unsupervised); 1.0 and 0.5 are the paper's prepend baselines. `pg_share` is
-# the share of records that also get a prompt-generation example (the paper: every record). `w_onpolicy` weighs the
+# the share of records that also get a prompt-generation example: a quarter (the paper: every record, which spends
+# nine tenths of the training tokens re-learning the same prompt text; docs/TRAINING.md). `w_onpolicy` weighs the
 # reverse KL on the student's own samples (on-policy distillation). Which parameters train is the strategy's
 # `tuner`: a LoRA, or a soft prompt (virtual token embeddings, or a KV prefix) in place of the prompt.
 STRATEGIES = {
-    "genpi": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 1.0},
+    "genpi": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 0.25},
     "seqkd": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 0.0},
     "seqkd_kl": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 1.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 0.0},
-    "genpi_kl": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 1.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 1.0},
+    "genpi_kl": {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 1.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 0.25},
     "prepend": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "w_onpolicy": 0.0, "prepend_share": 1.0, "pg_share": 0.0},
     "promptintern": {"w_sft": 1.0, "w_pg": 0.0, "w_kl": 0.0, "w_onpolicy": 0.0, "prepend_share": 0.0, "pg_share": 0.0},
     "onpolicy": {"w_sft": 0.0, "w_pg": 0.0, "w_kl": 0.0, "w_onpolicy": 1.0, "prepend_share": 0.0, "pg_share": 0.0},
@@ -154,6 +155,9 @@ STRATEGIES = {
 # Strategies that train a soft prompt in place of the prompt instead of a LoRA: they cannot be merged, and their
 # virtual tokens are context of every request.
 SOFT_PROMPTS = ("prompt_tuning", "kv_prefix")
+
+# Passes over the records when neither --epochs nor --max-steps is given (TRL's default), raised to reach --min-steps.
+DEFAULT_EPOCHS = 3
 
 Strategy = Literal["genpi", "seqkd", "seqkd_kl", "genpi_kl", "prepend", "promptintern", "onpolicy", "prompt_tuning",
                    "kv_prefix"]
@@ -171,7 +175,7 @@ class TrainConfig:
     w_pg: float | None = _f(None, "weight of the prompt-generation loss (default: the strategy's)", at_least=0)
     w_kl: float | None = _f(None, "weight of the KL term to the prompted teacher (default: the strategy's)", at_least=0)
     prepend_share: float | None = _f(None, "share of behaviour examples that keep the prompt in context (default: the strategy's)", between=(0, 1))
-    pg_share: float | None = _f(None, "share of records that also get a prompt-generation example (default: the strategy's)", between=(0, 1))
+    pg_share: float | None = _f(None, "share of records that also get a prompt-generation example (default: the strategy's, 0.25 for genpi and genpi_kl; the paper: 1)", between=(0, 1))
     w_onpolicy: float | None = _f(None, "weight of the on-policy term: reverse KL to the prompted teacher on replies the student samples itself (default: the strategy's)", at_least=0)
     onpolicy_max_new_tokens: int = _f(64, "tokens the student samples per input for the on-policy term, at most", at_least=1)
     onpolicy_temperature: float = _f(1.0, "sampling temperature of the student's on-policy replies", between=(0.01, 2))
@@ -181,18 +185,19 @@ class TrainConfig:
     kl_beta: float = _f(0.0, "divergence of the KL term: 0 = forward KL(teacher||student) as in context distillation, 1 = reverse KL(student||teacher), between = generalized JSD", between=(0, 1))
     kl_temperature: float = _f(1.0, "softmax temperature of both distributions in the KL term (the term is scaled by its square)", at_least=1e-6)
     student_context: list[dict] = _f([], "messages before each input at training and inference (default none: the template's own)")
-    max_length: int = _f(2048, "tokens per example at most; a prompt-generation target must fit whole", at_least=1)
+    max_length: int = _f(1536, "tokens per example at most; a prompt-generation target must fit whole", at_least=1)
     packing: bool = _f(True, "pack a batch's sequences into shared rows (block-diagonal attention) instead of padding each")
     lora_r: int = _f(16, "LoRA rank", at_least=1)
     lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r)", at_least=1)
-    lora_dropout: float = _f(0.05, "dropout on the LoRA input", between=(0, 1))
+    lora_dropout: float = _f(0.0, "dropout on the LoRA input (the paper: 0.05; on a CPU it costs as much as the matrix products)", between=(0, 1))
     lora_target: str | list[str] = _f("all-linear", "modules that get LoRA: all-linear (every linear layer but the head), or a list of module names (a comma list on the command line)")
-    learning_rate: float | None = _f(None, "peak learning rate (default: 1e-4 for a LoRA, 1e-2 for a soft prompt, whose few parameters need larger steps)", at_least=0)
+    learning_rate: float | None = _f(None, "peak learning rate (default: 1e-3 for a LoRA, 1e-2 for a soft prompt, whose few parameters need larger steps)", at_least=0)
     lr_scheduler: str = _f("cosine", "learning-rate schedule (a transformers scheduler name)")
     warmup_ratio: float = _f(0.03, "share of the steps spent warming up", between=(0, 0.999))
-    epochs: float = _f(3.0, "passes over the records", at_least=0)
-    max_steps: int = _f(-1, "optimizer steps in total; overrides --epochs when positive")
-    batch_size: int = _f(4, "records per device per micro-step (each gives a behaviour and a prompt-generation row)", at_least=1)
+    epochs: float | None = _f(None, f"passes over the records (default: {DEFAULT_EPOCHS}, raised to whole epochs until the run has --min-steps optimizer steps; given, kept as is)", at_least=0)
+    max_steps: int = _f(-1, "optimizer steps in total; overrides --epochs and --min-steps when positive")
+    min_steps: int = _f(40, "optimizer steps a run takes at least when --epochs and --max-steps are not given: with few records the epochs are raised to reach them; a shorter run is warned about (0 = no minimum)", at_least=0)
+    batch_size: int = _f(2, "records per device per micro-step (each gives a behaviour row, some a prompt-generation row too)", at_least=1)
     grad_accum: int = _f(1, "micro-steps per optimizer step", at_least=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f("auto", "auto: bf16 on a GPU that has it, else fp32")
     activation_checkpointing: Literal["auto", "on", "off"] = _f("auto", "auto: on with a GPU; on a CPU only when a batch's attention would fill 40% of the RAM")
@@ -213,7 +218,7 @@ class TrainConfig:
         self.student_context = check_messages(self.student_context, "--student-context")
         if not self.lora_target:
             raise UserError("--lora-target is empty: give all-linear or module names such as q_proj,v_proj")
-        if self.max_steps <= 0 and self.epochs <= 0:
+        if self.max_steps <= 0 and self.epochs is not None and self.epochs <= 0:
             raise UserError("--epochs is 0 and --max-steps is not set: give a positive --epochs or --max-steps")
         weights = self.weights()
         if not weights["w_sft"] + weights["w_pg"] + weights["w_kl"] + weights["w_onpolicy"] > 0:
@@ -251,7 +256,7 @@ class TrainConfig:
         """``learning_rate``, or the default of the strategy's kind of parameters."""
         if self.learning_rate is not None:
             return float(self.learning_rate)
-        return 1e-2 if self.strategy in SOFT_PROMPTS else 1e-4
+        return 1e-2 if self.strategy in SOFT_PROMPTS else 1e-3
 
     def weights(self) -> dict:
         """The strategy's preset with any weight given explicitly put over it."""
@@ -263,7 +268,7 @@ class TrainConfig:
 
     def signature(self) -> dict:
         """The fields a resumed run must share with the run that wrote its checkpoints."""
-        keep = ("out", "resume", "overwrite", "dry_run", "epochs", "max_steps", "logging_steps", "save_steps",
+        keep = ("out", "resume", "overwrite", "dry_run", "epochs", "max_steps", "min_steps", "logging_steps", "save_steps",
                 "save_total_limit", "callbacks", "training_args")
         return {k: v for k, v in self.public().items() if k not in keep}
 

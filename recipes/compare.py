@@ -22,16 +22,15 @@ from pathlib import Path
 from genpi import EvalConfig, SynthConfig, TrainConfig, evaluate, synthesize, train_resumably
 from genpi.config import STRATEGIES
 
-# As the quick start (recipes/quickstart.py says why each setting): a LoRA at 1e-3 for ~24 steps on a 135M model.
+# As the quick start: TrainConfig's defaults (docs/TRAINING.md, Defaults), only the checkpoint interval differs.
 SYNTH = SynthConfig(prompt="examples/bash_agent.txt", seed_inputs="examples/bash_agent.seeds.txt", num_inputs=16,
                     max_turns=2, max_new_tokens=128, concurrency=16, seed=0)
 HELDOUT = SynthConfig(prompt="examples/bash_agent.txt", seed_inputs="examples/bash_agent.heldout.txt",
                       num_inputs=16, inputs_only=True, concurrency=16, seed=1)
-TRAIN = TrainConfig(pg_share=0.25, epochs=3, batch_size=2, learning_rate=1e-3, max_length=1536, lora_dropout=0.0,
-                    save_steps=5)
-# What differs per strategy: a soft prompt's few parameters take the larger steps of its own default (1e-2).
-PER_STRATEGY = {"prompt_tuning": {"learning_rate": None}, "kv_prefix": {"learning_rate": None},
-                "onpolicy": {"onpolicy_max_new_tokens": 48}}
+TRAIN = TrainConfig(save_steps=5)
+# What differs per strategy (a soft prompt's learning rate is its own default, 1e-2): on-policy replies are sampled
+# shorter, to bound the cost of a generate per step.
+PER_STRATEGY = {"onpolicy": {"onpolicy_max_new_tokens": 48}}
 EVAL = EvalConfig(checker="examples/bash_agent.checks.py:protocol", max_new_tokens=128, multiturn_turns=0,
                   latency_inputs=4, reconstruction_inputs=0, compressed=[0.5])
 

@@ -22,9 +22,9 @@ from genpi import EvalConfig, SynthConfig, TrainConfig, evaluate, synthesize, tr
 
 # Three agent turns: a command, its real output, then an answer or a second command.
 SYNTH = SynthConfig(num_inputs=32, max_turns=3, max_new_tokens=128, concurrency=16, seed=0)
-# The proof recipe's training settings (recipes/proof.py says why each differs from the paper's).
-TRAIN = TrainConfig(strategy="genpi", pg_share=0.25, epochs=3, batch_size=2, learning_rate=1e-3, max_length=1536,
-                    lora_dropout=0.0, save_steps=10)
+# TrainConfig's defaults (docs/TRAINING.md, Defaults, says why each differs from the paper's); only the checkpoint
+# interval differs.
+TRAIN = TrainConfig(save_steps=10)
 EVAL = EvalConfig(max_new_tokens=128, task_turns=6, multiturn_turns=0, reconstruction_inputs=0, latency_inputs=0)
 
 SMOKE = dict(num_inputs=3, tasks=3, max_tokens=64, epochs=1, task_turns=2)

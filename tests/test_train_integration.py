@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -93,6 +95,7 @@ def test_kl_is_zero_for_identical_views_positive_with_the_prompt_and_packing_cha
     with torch.no_grad():
         trainer.compute_loss(trainer.model, GenPICollator(tok.pad_token_id)(same))
         assert abs(metrics["loss/kl"][-1]) < 1e-5
+        assert "loss/pg" not in metrics  # no prompt-generation rows in the batch: no loss/pg logged (not a 0)
         for pack in (True, False):
             batch = GenPICollator(tok.pad_token_id, pack=pack)(prompted)
             assert ("position_ids" in batch) == pack
@@ -123,15 +126,18 @@ def test_kl_is_zero_for_identical_views_positive_with_the_prompt_and_packing_cha
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One short genpi_kl run through the CLI, checkpointing every step: 2 steps, then resumed to 3."""
+    """One short genpi_kl run through the CLI, checkpointing every step: 2 steps (what it printed kept in
+    ``first["printed"]``), then resumed to 3."""
     root = tmp_path_factory.mktemp("train")
     run = fx.write_run(root / "run")
     out = root / "adapter"
     flags = ["train", "--data", str(run), "--out", str(out), "--strategy", "genpi_kl", "--batch-size", "1",
              "--max-length", "384", "--learning-rate", "1e-3", "--save-steps", "1", "--save-total-limit", "5",
-             "--lora-dropout", "0"]
-    assert main(flags + ["--max-steps", "2"]) == 0
+             "--lora-dropout", "0", "--pg-share", "1"]  # every step has a prompt-generation row to log
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(flags + ["--max-steps", "2"]) == 0
     first = json.loads((out / "genpi.json").read_text())
+    first["printed"] = printed.getvalue()
     assert main(flags + ["--max-steps", "3", "--resume"]) == 0
     return run, out, first
 
@@ -148,11 +154,47 @@ def test_train_writes_adapter_metadata_and_loss_plot(trained):
     assert first["steps"] == 2
 
 
+def test_a_run_shorter_than_min_steps_is_warned_about_in_the_console_and_genpi_json(trained):
+    _, out, first = trained
+    assert first["step_plan"]["reason"] == "--max-steps 2" and first["epochs"] == 0.5  # 2 of 4 records
+    assert first["too_short"].startswith("only 2 optimizer steps") and "raise --max-steps to 40" in first["too_short"]
+    assert f"warning: {first['too_short']}" in first["printed"].splitlines()  # one line, however long
+    summary = " ".join(first["printed"].split())
+    assert "2 in " in summary and "0.5 epochs of 4 records (--max-steps 2)" in summary
+
+
+def test_few_records_train_min_steps_whole_epochs_and_a_run_that_learnt_is_not_warned_about(tmp_path):
+    """The step plan reaches the trainer: 2 records at 2 per step, 1 step per epoch, so --min-steps 4 takes 4
+    epochs (the test keeps the run tiny; the default --min-steps works the same way)."""
+    from rich.console import Console
+    from transformers import TrainerCallback
+
+    from genpi.config import TrainConfig
+    from genpi.training import train
+
+    class Logs(TrainerCallback):
+        sft: list = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss/sft" in logs:
+                self.sft.append(logs["loss/sft"])
+
+    run = fx.write_run(tmp_path / "run", fx.records(2))
+    console = Console(file=io.StringIO(), width=200)
+    out = train(TrainConfig(data=str(run), out=str(tmp_path / "a"), min_steps=4, max_length=384, callbacks=[Logs()]),
+                console=console)
+    meta = json.loads((out / "genpi.json").read_text())
+    assert meta["steps"] == meta["step_plan"]["steps"] == 4 and meta["epochs"] == meta["step_plan"]["epochs"] == 4
+    assert "raised from 3" in meta["step_plan"]["reason"]
+    assert len(Logs.sft) == 4 and Logs.sft[-1] < 0.9 * Logs.sft[0], Logs.sft  # the defaults learn: the loss fell
+    assert meta["too_short"] == "" and "warning" not in console.file.getvalue()
+
+
 def test_train_tokens_count_what_was_computed_across_a_resume(trained, smol_tokenizer):
     """genpi.json's token counts (eval's training cost and break-even) cover both runs of a resumed training."""
     run, out, first = trained
     examples, _ = build_examples(smol_tokenizer, fx.records(), fx.prompt(), max_length=384, prompt_generation=True,
-                                 teacher=True)
+                                 teacher=True)  # --pg-share 1, as the fixture trains
     lengths = [len(e["input_ids"]) + len(e["pg_input_ids"]) for e in examples]  # one record per step (batch 1)
     meta = json.loads((out / "genpi.json").read_text())
     assert 2 * min(lengths) <= first["train_tokens"] <= 2 * 2 * max(lengths)  # rows may pad, at most to double

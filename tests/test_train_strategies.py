@@ -39,7 +39,7 @@ def test_soft_prompts_and_stages_refuse_what_they_cannot_do():
         TrainConfig(strategy="promptintern", intern_rates=[1, 0], intern_shots=[2, 1, 0])
     with pytest.raises(UserError, match="rates must be between 0 and 1"):
         TrainConfig(strategy="promptintern", intern_rates=[1.5, 0], intern_shots=[1, 0])
-    assert TrainConfig(strategy="kv_prefix").peak_lr() == 1e-2 and TrainConfig().peak_lr() == 1e-4
+    assert TrainConfig(strategy="kv_prefix").peak_lr() == 1e-2 and TrainConfig().peak_lr() == 1e-3
 
 
 # --- PromptIntern

@@ -20,8 +20,10 @@ from genpi.training.trainer import generalized_jsd, packing_works, scored_positi
 
 
 def test_presets_follow_the_paper_and_flags_override_them():
+    # the paper's weights; a quarter of the records carry a prompt-generation example (the paper: every one)
     assert STRATEGIES["genpi"] == {"w_sft": 0.7, "w_pg": 0.3, "w_kl": 0.0, "w_onpolicy": 0.0, "prepend_share": 0.0,
-                                   "pg_share": 1.0}
+                                   "pg_share": 0.25}
+    assert STRATEGIES["genpi_kl"]["pg_share"] == 0.25
     assert TrainConfig(strategy="seqkd").weights()["w_pg"] == 0.0
     assert TrainConfig(strategy="seqkd_kl").weights()["w_kl"] > 0
     assert TrainConfig(strategy="prepend").weights()["prepend_share"] == 1.0
@@ -35,10 +37,13 @@ def test_presets_follow_the_paper_and_flags_override_them():
         from_dict(TrainConfig, {"lr": 1.0})
 
 
-def test_paper_defaults():
+def test_defaults_that_internalize_an_untuned_prompt():
+    """The quick start's measured settings are the defaults (docs/TRAINING.md, Defaults); LoRA shape as the paper's."""
     c = TrainConfig()
-    assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target) == (16, 32, 0.05, "all-linear")
-    assert (c.peak_lr(), c.lr_scheduler, c.warmup_ratio) == (1e-4, "cosine", 0.03)
+    assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target) == (16, 32, 0.0, "all-linear")
+    assert (c.peak_lr(), c.lr_scheduler, c.warmup_ratio) == (1e-3, "cosine", 0.03)
+    assert (c.batch_size, c.max_length, c.epochs, c.max_steps) == (2, 1536, None, -1)
+    assert c.min_steps > 0
 
 
 def test_generalized_jsd_endpoints_symmetry_and_bounds():
@@ -120,6 +125,8 @@ def test_export_of_a_directory_without_adapter_is_a_user_error(tmp_path, capsys)
     (["--data", "R", "--batch-size", "0"], "--batch-size is 0"),
     (["--data", "R", "--warmup-ratio", "1.5"], "--warmup-ratio is 1.5"),
     (["--data", "R", "--lr-scheduler", "bogus"], "--lr-scheduler 'bogus'"),
+    (["--data", "R", "--min-steps", "-1"], "--min-steps is -1"),
+    (["--data", "R", "--epochs", "0"], "--epochs is 0 and --max-steps is not set"),
 ])
 def test_bad_train_flags_are_one_line_errors(flags, message, capsys):
     assert main(["train", *flags]) == 2
@@ -158,6 +165,8 @@ def test_dry_run_prints_the_views_and_trains_nothing(tmp_path, capsys, smol_toke
     printed = capsys.readouterr().out
     assert "[[Act: bash ls /data/set0 | wc -l<|im_end|>]]" in printed
     assert "prompt generation" in printed and "teacher" in printed
+    # 4 records at 2 per step: the default 3 epochs raised to reach --min-steps
+    assert f"{TrainConfig().min_steps} optimizer steps planned" in " ".join(printed.split())
     assert not out.exists()
 
 
@@ -186,3 +195,84 @@ def test_auto_checkpointing_turns_on_when_a_cpu_batch_would_fill_the_ram(smol_to
     assert "activation checkpointing on" in console.file.getvalue()
     off = dataclasses.replace(config, activation_checkpointing="off")
     assert _precision(off, examples, console, total_memory=need)[2] is False
+
+
+# --- the step plan and the too-short warning
+
+
+def _cli_config(*flags) -> TrainConfig:
+    return from_args(TrainConfig, build_parser().parse_args(["train", "--data", "R", *flags]))
+
+
+def test_steps_per_epoch_count_partial_batches_accumulation_and_processes():
+    from genpi.training.plan import steps_per_epoch
+
+    assert steps_per_epoch(4, 2) == 2 and steps_per_epoch(5, 2) == 3  # the last, partial batch is a step
+    assert steps_per_epoch(5, 2, grad_accum=2) == 2 and steps_per_epoch(5, 2, processes=2) == 2
+    assert steps_per_epoch(1, 4) == 1 and steps_per_epoch(0, 4) == 1
+
+
+def test_the_cli_defaults_give_a_tiny_run_at_least_min_steps(tmp_path, smol_tokenizer):
+    from rich.console import Console
+
+    from genpi.config import DEFAULT_EPOCHS
+    from genpi.training.plan import plan_steps, steps_per_epoch
+    from genpi.training.run import prepare_data
+
+    run = fx.write_run(tmp_path / "run")  # 4 usable records
+    c = dataclasses.replace(_cli_config(), data=str(run))
+    data = prepare_data(c, Console(file=io.StringIO()), processes=1)
+    plan = data.plan
+    per_epoch = steps_per_epoch(4, c.batch_size)
+    assert plan.records == 4 and plan.steps_per_epoch == per_epoch
+    assert plan.steps >= c.min_steps and plan.steps == plan.epochs * per_epoch  # whole epochs
+    assert (plan.epochs - 1) * per_epoch < c.min_steps  # no more epochs than it takes
+    assert f"raised from {DEFAULT_EPOCHS}" in plan.reason and "--min-steps" in plan.reason
+
+    many = plan_steps(c, 1000)  # enough records: the default epochs, not raised
+    assert many.epochs == DEFAULT_EPOCHS and many.steps == DEFAULT_EPOCHS * steps_per_epoch(1000, c.batch_size)
+    two_procs = plan_steps(c, 4, processes=2)  # each step reads 2 records per process
+    assert two_procs.steps >= c.min_steps and two_procs.epochs == 2 * plan.epochs
+    # given explicitly, the budget is kept as given
+    assert plan_steps(_cli_config("--max-steps", "2"), 4).steps == 2
+    explicit = plan_steps(_cli_config("--epochs", "1"), 4)
+    assert (explicit.steps, explicit.epochs, explicit.reason) == (per_epoch, 1.0, "--epochs 1")
+    assert plan_steps(_cli_config("--min-steps", "0"), 4).epochs == DEFAULT_EPOCHS
+
+
+def test_promptintern_plans_its_steps_on_the_staged_dataset():
+    from genpi.training.plan import plan_steps, steps_per_epoch
+
+    c = _cli_config("--strategy", "promptintern")
+    plan = plan_steps(c, 5)  # one pass over round(epochs x 5) staged examples
+    assert plan.steps == steps_per_epoch(round(plan.epochs * 5), c.batch_size) >= c.min_steps
+    assert steps_per_epoch(round((plan.epochs - 1) * 5), c.batch_size) < c.min_steps
+
+
+def _history(values):
+    return [{"step": i + 1, "loss": v, "loss/sft": v} for i, v in enumerate(values)]
+
+
+def test_too_short_fires_for_few_steps_or_a_flat_loss_and_names_the_fix():
+    from genpi.training.plan import plan_steps, too_short
+
+    falling = _history([2.0 - 0.04 * i for i in range(40)])
+    defaults = _cli_config()
+    plan = plan_steps(defaults, 4)
+    assert too_short(defaults, plan, plan.steps, falling) == ""  # the defaults: long enough, and the loss fell
+
+    short = _cli_config("--max-steps", "2")
+    message = too_short(short, plan_steps(short, 4), 2, falling[:2])
+    assert "only 2 optimizer steps" in message and f"raise --max-steps to {short.min_steps}" in message
+    one_epoch = _cli_config("--epochs", "1")
+    p = plan_steps(one_epoch, 4)
+    assert f"raise --epochs to {-(-one_epoch.min_steps // p.steps_per_epoch)}" in too_short(one_epoch, p, p.steps, falling)
+
+    flat = _history([1.5, 1.4, 1.6, 1.5] * 10)
+    message = too_short(defaults, plan, plan.steps, flat)
+    assert "behaviour loss did not fall" in message and "--learning-rate" in message
+    spike = _history([2.0 - 0.04 * i for i in range(39)] + [1.9])  # one noisy last batch does not decide
+    assert too_short(defaults, plan, plan.steps, spike) == ""
+    # a soft prompt starts as the prompted model: its loss need not fall
+    soft = _cli_config("--strategy", "kv_prefix")
+    assert too_short(soft, plan_steps(soft, 4), plan.steps, flat) == ""

@@ -1,7 +1,10 @@
 """The training run: a synthesis run in, a PEFT adapter with ``genpi.json`` and ``loss.png`` out.
 
-The CLI, recipes and tests all call this one function. It runs unchanged under ``accelerate launch`` (DDP, FSDP,
-DeepSpeed): every process builds the same views; only the main process writes files and prints.
+The CLI, recipes and tests all call :func:`train`, a short sequence of named steps, each a function of its own:
+data (:func:`prepare_data`: records -> examples and a step plan), trainer arguments (:func:`trainer_args`), model
+and tuner (:func:`model_and_tuner`), trainer (:func:`make_trainer`), then save (:func:`save_outputs`: ``genpi.json``,
+``loss.png``, the summary). It runs unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): every process
+builds the same views; only the main process writes files and prints.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from genpi import __version__
 from genpi.adapter import GENPI_FILE, AdapterInfo
 from genpi.config import SOFT_PROMPTS, TrainConfig
 from genpi.errors import UserError
 from genpi.prompt import AgentPrompt
+from genpi.training.plan import StepPlan, plan_steps, too_short
 
 CHECKPOINTS = "checkpoints"
 SIGNATURE_FILE = "genpi_train.json"
@@ -124,10 +130,10 @@ def _precision(c: TrainConfig, examples: list[dict], console, total_memory: int 
     return precision, dtype, checkpointing
 
 
-def _dry_run(tokenizer, examples, stats, weights, console, soft: bool = False) -> None:
+def _dry_run(data, weights, console) -> None:
     from genpi.training.views import decode_view
 
-    e = examples[0]
+    e, soft = data.examples[0], data.head is not None
     context = ("after the soft prompt, which stands in for the prompt's tokens" if soft else
                "the prompt kept in context, unsupervised" if e.get("prepended") else "student context")
     views = [(f"behaviour ({context})", e["input_ids"], e["labels"])]
@@ -137,9 +143,11 @@ def _dry_run(tokenizer, examples, stats, weights, console, soft: bool = False) -
         views.append(("teacher (prompt + dialogue, for the KL term)", e["teacher_input_ids"], e["teacher_labels"]))
     for title, ids, labels in views:
         console.rule(f"{title}: {len(ids)} tokens, supervised in [[...]]")
-        console.print(decode_view(tokenizer, ids, labels), markup=False, highlight=False)
+        console.print(decode_view(data.tokenizer, ids, labels), markup=False, highlight=False)
     console.rule()
-    console.print(f"weights {weights}; {stats.used} of {stats.records} records usable; nothing was trained (--dry-run)")
+    console.print(f"weights {weights}; {data.stats.used} of {data.stats.records} records usable; "
+                  f"{data.plan.steps} optimizer steps planned ({data.plan.reason}); nothing was trained (--dry-run)",
+                  markup=False, highlight=False)
 
 
 def plot_losses(log_history: list[dict], path: Path) -> None:
@@ -165,7 +173,7 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _summary(c, weights, stats, history, steps, seconds, out):
+def _summary(c, weights, stats, history, info, seconds, out):
     from rich.table import Table
 
     table = Table(title=f"genpi train: {c.strategy}", show_header=False)
@@ -183,7 +191,9 @@ def _summary(c, weights, stats, history, steps, seconds, out):
         values = [h[key] for h in history if key in h and "step" in h]
         if values:
             table.add_row(key, f"{values[0]:.4f} -> {values[-1]:.4f}")
-    table.add_row("steps", f"{steps} in {seconds:.0f} s")
+    plan = info.step_plan
+    epochs = f"{info.epochs:g} epoch" + ("" if info.epochs == 1 else "s")
+    table.add_row("steps", f"{info.steps} in {seconds:.0f} s: {epochs} of {plan['records']} records ({plan['reason']})")
     table.add_row("adapter", str(out))
     return table
 
@@ -216,20 +226,14 @@ def _log_lines_callback():
     return LogLines
 
 
-def _stage_examples(c: TrainConfig, tokenizer, records, prompt, context, console):
-    """PromptIntern's examples, stage after stage (genpi.training.promptintern), with the templates made first."""
-    from genpi.models import load_model
+def _stage_examples(c: TrainConfig, tokenizer, records, prompt, context, total: int, console):
+    """PromptIntern's examples, ``total`` of them stage after stage (genpi.training.promptintern), with the
+    templates made first."""
     from genpi.training.promptintern import build_stage_examples, make_templates
-    from genpi.training.views import usable
 
-    try:
-        model = load_model(c.model).eval()
-    except OSError as e:
-        raise UserError(f"cannot load --model {c.model}: {str(e).splitlines()[0]}") from None
+    model = _load_model(c).eval()
     templates = make_templates(prompt, model, tokenizer, c.intern_rates)
     del model
-    n = sum(usable(r) for r in records)
-    total = c.max_steps * c.batch_size * c.grad_accum if c.max_steps > 0 else max(1, round(c.epochs * n))
     examples, stats, stages = build_stage_examples(tokenizer, records, prompt, c.intern_rates, templates,
                                                    c.intern_shots, context=context, max_length=c.max_length,
                                                    total=total, seed=c.seed)
@@ -272,69 +276,79 @@ def init_soft_prompt(model, strategy: str, ids: list[int]) -> None:
     initialize_kv_prefix_from_past_key_values(model, past_key_values=cache, num_virtual_tokens=len(ids))
 
 
-def train(config: TrainConfig, console=None) -> Path:
-    """Train an adapter on a synthesis run; return the output directory (a PEFT adapter plus ``genpi.json``)."""
-    from genpi.models import load_tokenizer, resolve_model
-    from genpi.progress import make_console
-    from genpi.prompt import prompted_head
-    from genpi.training.views import build_examples
+@dataclass
+class TrainData:
+    """What the records became: the step ``data`` of a run (:func:`prepare_data`)."""
 
-    c = config
-    console = console or make_console()
-    weights = c.weights()
-    context = c.student_context
-    counts, prompt, records = load_training_run(c.data)
+    counts: dict  # run.json's counts: what synthesis kept and dropped
+    prompt: AgentPrompt
+    tokenizer: Any
+    examples: list[dict]
+    stats: Any  # genpi.training.views.ViewStats
+    plan: StepPlan
+    stages: list = field(default_factory=list)  # PromptIntern's stages
+    head: tuple | None = None  # what a soft prompt stands in for: (text, ids); None for a LoRA
+
+
+def _load_model(c: TrainConfig, tokenizer: bool = False, **kwargs):
+    """The base model (or its tokenizer), or a one-line error naming ``--model``."""
+    from genpi.models import load_model, load_tokenizer
+
     try:
-        tokenizer = load_tokenizer(c.model)
+        return load_tokenizer(c.model) if tokenizer else load_model(c.model, **kwargs)
     except OSError as e:
         raise UserError(f"cannot load --model {c.model}: {str(e).splitlines()[0]}") from None
-    soft = c.strategy in SOFT_PROMPTS
-    head = prompted_head(tokenizer, prompt) if soft else None  # what a soft prompt stands in for: (text, ids)
-    if soft and c.virtual_tokens > len(head[1]):  # before anything is written
+
+
+def prepare_data(c: TrainConfig, console, processes: int | None = None) -> TrainData:
+    """Step *data*: the synthesis run's records become labelled examples, their stats, and the run's step plan.
+
+    ``processes`` (default: ``WORLD_SIZE``, as ``accelerate launch`` and ``torchrun`` set it) share the examples of
+    each step, so they decide the steps per epoch.
+    """
+    from genpi.prompt import prompted_head
+    from genpi.training.views import build_examples, usable
+
+    processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
+    weights = c.weights()
+    counts, prompt, records = load_training_run(c.data)
+    tokenizer = _load_model(c, tokenizer=True)
+    head = prompted_head(tokenizer, prompt) if c.strategy in SOFT_PROMPTS else None
+    if head is not None and c.virtual_tokens > len(head[1]):  # before anything is written
         raise UserError(f"--virtual-tokens {c.virtual_tokens}: the soft prompt is initialised from the prompt's tokens, "
                         f"which are {len(head[1])}: give at most {len(head[1])} (or 0 for all of them)")
-    stages = []
-    if c.strategy == "promptintern":
-        examples, stats, stages = _stage_examples(c, tokenizer, records, prompt, context, console)
-    else:
-        examples, stats = build_examples(
-            tokenizer, records, prompt, context=context, max_length=c.max_length,
-            prompt_generation=weights["w_pg"] > 0, teacher=weights["w_kl"] > 0,
-            prepend_share=weights["prepend_share"], pg_share=weights["pg_share"], seed=c.seed, soft=head,
-            onpolicy=weights["w_onpolicy"] > 0,
-        )
-    if c.dry_run:
-        _dry_run(tokenizer, examples, stats, weights, console, soft=soft)
-        return Path(c.out)
+    if c.strategy == "promptintern":  # one pass over a staged dataset, sized by the plan
+        plan = plan_steps(c, sum(usable(r) for r in records), processes)
+        total = c.max_steps * c.batch_size * c.grad_accum if c.max_steps > 0 else max(1, round(plan.epochs * plan.records))
+        examples, stats, stages = _stage_examples(c, tokenizer, records, prompt, c.student_context, total, console)
+        return TrainData(counts, prompt, tokenizer, examples, stats, plan, stages=stages)
+    examples, stats = build_examples(
+        tokenizer, records, prompt, context=c.student_context, max_length=c.max_length,
+        prompt_generation=weights["w_pg"] > 0, teacher=weights["w_kl"] > 0,
+        prepend_share=weights["prepend_share"], pg_share=weights["pg_share"], seed=c.seed, soft=head,
+        onpolicy=weights["w_onpolicy"] > 0,
+    )
+    return TrainData(counts, prompt, tokenizer, examples, stats, plan_steps(c, len(examples), processes), head=head)
 
+
+def trainer_args(c: TrainConfig, data: TrainData, precision: str, checkpointing: bool):
+    """Step *trainer*, first half: the ``GenPIConfig`` (TRL's ``SFTConfig`` plus the GenPI loss) of the run."""
     import torch
-    from accelerate import PartialState
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import PrinterCallback
-    from trl.trainer.callbacks import RichProgressCallback
 
-    from genpi.models import load_model
-    from genpi.training.collator import GenPICollator
-    from genpi.training.trainer import GenPIConfig, GenPITrainer, attention_cost, packing_works
+    from genpi.training.trainer import GenPIConfig
 
-    LogLines = _log_lines_callback()
-
-    out = Path(c.out)
-    ckpt_dir = out / CHECKPOINTS
-    precision, dtype, checkpointing = _precision(c, examples, console)
-    checkpointing = checkpointing and not soft  # a soft prompt's prefix is outside the checkpointed layers
+    weights = c.weights()
     extra_args = {"report_to": "none", **c.training_args}  # anything else TrainingArguments takes, e.g. report_to
-    if stages:  # the stages are consecutive blocks of one pass: read in order, once
+    if data.stages:  # the stages are consecutive blocks of one pass: read in order, once
         extra_args.update(train_sampling_strategy="sequential")
-    args = GenPIConfig(
-        output_dir=str(ckpt_dir),
+    return GenPIConfig(
+        output_dir=str(Path(c.out) / CHECKPOINTS),
         per_device_train_batch_size=c.batch_size,
         gradient_accumulation_steps=c.grad_accum,
         learning_rate=c.peak_lr(),
         lr_scheduler_type=c.lr_scheduler,
         warmup_steps=c.warmup_ratio,  # a value below 1 is a share of the steps
-        num_train_epochs=1 if stages else c.epochs,
+        num_train_epochs=1 if data.stages else data.plan.epochs,
         max_steps=c.max_steps,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
@@ -359,87 +373,147 @@ def train(config: TrainConfig, console=None) -> Path:
         include_num_input_tokens_seen="all",
         **extra_args,
     )
-    state = PartialState()  # the state the training arguments just set up
-    resume_from = _prepare_output(c, state.is_main_process)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / SIGNATURE_FILE).write_text(json.dumps(c.signature(), indent=2) + "\n", encoding="utf-8")
 
-    try:
-        model = load_model(c.model, dtype=dtype)
-    except OSError as e:
-        raise UserError(f"cannot load --model {c.model}: {str(e).splitlines()[0]}") from None
-    head_ids = head[1] if soft else []
-    if soft:
-        tuner, virtual = soft_prompt_config(c, len(head_ids))
-    else:
-        virtual = 0
-        tuner = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                           target_modules=_lora_targets(c, model), task_type="CAUSAL_LM")
+
+def model_and_tuner(c: TrainConfig, data: TrainData, dtype):
+    """Step *model*: the base model and the PEFT config of what trains (a LoRA, or a soft prompt and its length)."""
+    from peft import LoraConfig
+
+    model = _load_model(c, dtype=dtype)
+    if data.head is not None:
+        tuner, virtual = soft_prompt_config(c, len(data.head[1]))
+        return model, tuner, virtual
+    tuner = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                       target_modules=_lora_targets(c, model), task_type="CAUSAL_LM")
+    return model, tuner, 0
+
+
+def make_trainer(c: TrainConfig, data: TrainData, args, model, tuner, console, is_main: bool):
+    """Step *trainer*, second half: the ``GenPITrainer`` with its collator and progress; ``(trainer, packed)``."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl.trainer.callbacks import RichProgressCallback
+
+    from genpi.training.collator import GenPICollator
+    from genpi.training.trainer import GenPITrainer, attention_cost, packing_works
+
+    soft = data.head is not None
     # A soft prompt is one prefix per row, so its rows hold one sequence each.
     pack = c.packing and not soft and packing_works(model)
-    if c.packing and not soft and not pack and state.is_main_process:
+    if c.packing and not soft and not pack and is_main:
         console.print(f"[yellow]{c.model} does not keep packed sequences apart: training with padded rows[/yellow]")
     trainer = GenPITrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(examples),
-        data_collator=GenPICollator(tokenizer.pad_token_id, pack=pack, attention_cost=attention_cost(model.config),
+        train_dataset=Dataset.from_list(data.examples),
+        data_collator=GenPICollator(data.tokenizer.pad_token_id, pack=pack, attention_cost=attention_cost(model.config),
                                     max_width=c.max_length),
-        processing_class=tokenizer,
+        processing_class=data.tokenizer,
         peft_config=tuner,
-        callbacks=[RichProgressCallback() if console.is_terminal else LogLines(console), *c.callbacks],
+        callbacks=[RichProgressCallback() if console.is_terminal else _log_lines_callback()(console), *c.callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # the rich panel, or LogLines, shows the logs
-    if soft and resume_from is None:
-        init_soft_prompt(trainer.accelerator.unwrap_model(trainer.model), c.strategy, head_ids[:virtual])
+    return trainer, pack
+
+
+def save_outputs(c: TrainConfig, data: TrainData, trainer, *, precision: str, packed: bool, virtual: int,
+                 seconds: float, processes: int, console) -> AdapterInfo:
+    """Step *save* (main process): ``genpi.json``, ``loss.png``, the summary, and a warning when the run was too
+    short to learn. The adapter's weights are saved by the trainer on every process."""
+    from genpi.models import resolve_model
+
+    out, weights, state = Path(c.out), c.weights(), trainer.state
+    history = state.log_history
+    warning = too_short(c, data.plan, state.global_step, history)
+    # Passes over the records done: the dataset is the records (or PromptIntern's staged examples, one pass).
+    epochs = round(state.epoch * len(data.examples) / max(1, data.plan.records), 4)
+    info = AdapterInfo(
+        genpi_version=__version__,
+        strategy=c.strategy,
+        weights={"sft": weights["w_sft"], "pg": weights["w_pg"], "kl": weights["w_kl"]},
+        prepend_share=weights["prepend_share"],
+        pg_share=weights["pg_share"],
+        kl={"beta": c.kl_beta, "temperature": c.kl_temperature},
+        base_model=c.model,
+        base_model_path=resolve_model(c.model),
+        source_run=str(Path(c.data).resolve()),
+        synthesis=data.counts,  # what synthesis kept and dropped (cut-off or empty agent turns, rejected inputs)
+        prompt_hash=data.prompt.hash,
+        prompt_tokens=data.prompt.token_length(data.tokenizer),
+        student_context=c.student_context,
+        max_length=c.max_length,
+        lora={"r": c.lora_r, "alpha": c.lora_alpha, "dropout": c.lora_dropout, "target": c.lora_target},
+        precision=precision,
+        packing=packed,
+        records=dataclasses.asdict(data.stats),
+        steps=state.global_step,
+        epochs=epochs,
+        step_plan=data.plan.to_dict(),
+        too_short=warning,
+        # The on-policy term's student rows are trained like the views' rows; its sampling and its teacher's
+        # rows, like the KL teacher's (tokens per epoch times the epochs done), are forward passes only.
+        # (The views' rows are counted as the collator made them; with no offline weight they are never run.)
+        train_tokens=int(state.num_input_tokens_seen) * bool(weights["w_sft"] + weights["w_pg"] + weights["w_kl"])
+        + trainer.onpolicy_tokens["student"],
+        teacher_tokens=round(sum(len(e.get("teacher_input_ids", ())) for e in data.examples) * state.epoch)
+        + trainer.onpolicy_tokens["teacher"] + trainer.onpolicy_tokens["sampled"],
+        train_seconds=round(seconds, 2),
+        processes=processes,
+        config=c.public(),
+        stages=[st.to_dict() for st in data.stages],
+        virtual_tokens=virtual,
+    )
+    info.write(out)
+    plot_losses(history, out / "loss.png")
+    console.print()  # below the progress panel
+    console.print(_summary(c, weights, data.stats, history, info, seconds, out))
+    if warning:
+        console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False, soft_wrap=True)  # one line
+    return info
+
+
+def train(config: TrainConfig, console=None) -> Path:
+    """Train an adapter on a synthesis run; return the output directory (a PEFT adapter plus ``genpi.json``).
+
+    The steps: data (records -> examples and a step plan), trainer arguments, output directory, model and tuner,
+    trainer, training, save.
+    """
+    from accelerate import PartialState
+
+    from genpi.progress import make_console
+
+    c = config
+    console = console or make_console()
+    data = prepare_data(c, console)
+    if c.dry_run:
+        _dry_run(data, c.weights(), console)
+        return Path(c.out)
+
+    precision, dtype, checkpointing = _precision(c, data.examples, console)
+    # A soft prompt's prefix is outside the checkpointed layers.
+    args = trainer_args(c, data, precision, checkpointing and data.head is None)
+    state = PartialState()  # the state the training arguments just set up
+    resume_from = _prepare_output(c, state.is_main_process)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        ckpt_dir = Path(c.out) / CHECKPOINTS
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / SIGNATURE_FILE).write_text(json.dumps(c.signature(), indent=2) + "\n", encoding="utf-8")
+
+    model, tuner, virtual = model_and_tuner(c, data, dtype)
+    trainer, packed = make_trainer(c, data, args, model, tuner, console, state.is_main_process)
+    if data.head is not None and resume_from is None:
+        init_soft_prompt(trainer.accelerator.unwrap_model(trainer.model), c.strategy, data.head[1][:virtual])
     start = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.monotonic() - start
-    trainer.save_model(str(out))
+    trainer.save_model(c.out)
 
     if state.is_main_process:
-        history = trainer.state.log_history
-        AdapterInfo(
-            genpi_version=__version__,
-            strategy=c.strategy,
-            weights={"sft": weights["w_sft"], "pg": weights["w_pg"], "kl": weights["w_kl"]},
-            prepend_share=weights["prepend_share"],
-            pg_share=weights["pg_share"],
-            kl={"beta": c.kl_beta, "temperature": c.kl_temperature},
-            base_model=c.model,
-            base_model_path=resolve_model(c.model),
-            source_run=str(Path(c.data).resolve()),
-            synthesis=counts,  # what synthesis kept and dropped (cut-off or empty agent turns, rejected inputs)
-            prompt_hash=prompt.hash,
-            prompt_tokens=prompt.token_length(tokenizer),
-            student_context=context,
-            max_length=c.max_length,
-            lora={"r": c.lora_r, "alpha": c.lora_alpha, "dropout": c.lora_dropout, "target": c.lora_target},
-            precision=precision,
-            packing=pack,
-            records=dataclasses.asdict(stats),
-            steps=trainer.state.global_step,
-            # The on-policy term's student rows are trained like the views' rows; its sampling and its teacher's
-            # rows, like the KL teacher's (tokens per epoch times the epochs done), are forward passes only.
-            # (The views' rows are counted as the collator made them; with no offline weight they are never run.)
-            train_tokens=int(trainer.state.num_input_tokens_seen) * bool(weights["w_sft"] + weights["w_pg"] + weights["w_kl"])
-            + trainer.onpolicy_tokens["student"],
-            teacher_tokens=round(sum(len(e.get("teacher_input_ids", ())) for e in examples) * trainer.state.epoch)
-            + trainer.onpolicy_tokens["teacher"] + trainer.onpolicy_tokens["sampled"],
-            train_seconds=round(seconds, 2),
-            processes=state.num_processes,
-            config=c.public(),
-            stages=[st.to_dict() for st in stages],
-            virtual_tokens=virtual,
-        ).write(out)
-        plot_losses(history, out / "loss.png")
-        console.print()  # below the progress panel
-        console.print(_summary(c, weights, stats, history, trainer.state.global_step, seconds, out))
+        save_outputs(c, data, trainer, precision=precision, packed=packed, virtual=virtual, seconds=seconds,
+                     processes=state.num_processes, console=console)
     state.wait_for_everyone()
-    return out
-
+    return Path(c.out)
 
 def train_resumably(config: TrainConfig, console=None) -> Path:
     """For recipes: keep a finished adapter, continue a checkpointed one, start anything else over.

@@ -207,6 +207,11 @@ class GenPITrainer(SFTTrainer):
             terms["loss/onpolicy"] = l_op
         mode = "train" if model.training else "eval"
         for name, value in terms.items():
+            if isinstance(value, tuple):  # (sum, tokens): a mean over every process's tokens, not logged without any
+                total, count = (self.accelerator.gather_for_metrics(v.detach().float().reshape(1)).sum() for v in value)
+                if count > 0:
+                    self._metrics[mode][name].append((total / count).item())
+                continue
             self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
         return (loss, out) if return_outputs else loss
 
@@ -233,7 +238,9 @@ class GenPITrainer(SFTTrainer):
         loss = self.w_sft * l_sft + self.w_pg * l_pg
         terms = {"loss/sft": l_sft}
         if pg.any() or self.w_pg:
-            terms["loss/pg"] = l_pg
+            # With --pg-share below 1 most batches hold no prompt-generation rows: their steps log no loss/pg (a 0
+            # would read as a learnt prompt). Every process gathers, so none waits on a collective the others skip.
+            terms["loss/pg"] = (nll[pg].sum(), pg.sum())
         if use_kl:
             # Rows may hold several sequences in any order: a stable sort by sequence puts the supervised tokens of
             # both views in the same (sequence, position) order.
