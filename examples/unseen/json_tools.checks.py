@@ -14,8 +14,10 @@ _TOOLS = {
 }
 
 
-def protocol(reply: str) -> tuple[bool, str]:
-    """Exactly one JSON object: ``{"tool": <listed tool>, "arguments": {<its arguments>}}`` or ``{"final": str}``."""
+def protocol(reply: str) -> tuple:
+    """Exactly one JSON object: ``{"tool": <listed tool>, "arguments": {<its arguments>}}`` or ``{"final": str}``.
+
+    A passing reply's action is the tool and its arguments, or ``final`` (its text is free)."""
     text = reply.strip()
     if not text:
         return False, "empty reply"
@@ -26,7 +28,8 @@ def protocol(reply: str) -> tuple[bool, str]:
     if not isinstance(value, dict):
         return False, "JSON but not an object"
     if set(value) == {"final"}:
-        return (True, "") if isinstance(value["final"], str) and value["final"].strip() else (False, "empty final")
+        ok = isinstance(value["final"], str) and bool(value["final"].strip())
+        return (True, "", {"action": "final"}) if ok else (False, "empty final")
     if set(value) != {"tool", "arguments"}:
         return False, "keys are neither tool+arguments nor final"
     if value["tool"] not in _TOOLS:
@@ -35,4 +38,4 @@ def protocol(reply: str) -> tuple[bool, str]:
         return False, "arguments not an object"
     if set(value["arguments"]) != _TOOLS[value["tool"]]:
         return False, "wrong arguments for the tool"
-    return True, ""
+    return True, "", {"action": value["tool"], "arg": json.dumps(value["arguments"], sort_keys=True)}

@@ -9,15 +9,18 @@ _QUERY = re.compile(r"Plan: *\S[^\n]*\n(?:[ \t]*\n)*Query:[ \t]*\n```sql\n(.*)\n
 _ANSWER = re.compile(r"Plan: *\S[^\n]*\n(?:[ \t]*\n)*Answer: *\S[^\n]*")
 
 
-def protocol(reply: str) -> tuple[bool, str]:
-    """``Plan:`` on one line, then either ``Query:`` with one fenced SELECT, or ``Answer:`` on one line."""
+def protocol(reply: str) -> tuple:
+    """``Plan:`` on one line, then either ``Query:`` with one fenced SELECT, or ``Answer:`` on one line.
+
+    A passing reply's action is ``query`` with the statement (spacing folded, no trailing semicolon) or ``answer``
+    with the answer."""
     text = reply.strip()
     if not text:
         return False, "empty reply"
     if not text.startswith("Plan:"):
         return False, "text before Plan:" if "Plan:" in text else "no Plan: line"
     if _ANSWER.fullmatch(text):
-        return True, ""
+        return True, "", {"action": "answer", "arg": " ".join(text.rsplit("Answer:", 1)[1].split())}
     m = _QUERY.fullmatch(text)
     if not m:
         if "Query:" in text or "```" in text:
@@ -28,4 +31,4 @@ def protocol(reply: str) -> tuple[bool, str]:
         return False, "more than one fenced block"
     if not re.match(r"(?i)(select|with)\b", statement):
         return False, "statement is not a SELECT"
-    return True, ""
+    return True, "", {"action": "query", "arg": " ".join(statement.split()).rstrip(";").strip()}
