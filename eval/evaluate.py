@@ -119,8 +119,9 @@ def evaluate(config: EvalConfig, console=None) -> Path:
         for s in systems:
             single[s.name] = run("single turn", s, single_convs, config.max_new_tokens)
         if config.constant:  # the degenerate baselines, from the training run's teacher replies if there is one
-            replies = teacher_replies(train_records) or [g.text for g in single["prompted"]]
-            source = ", ".join(train_runs) if teacher_replies(train_records) else "this run's prompted replies"
+            taught = teacher_replies(train_records)
+            replies, source = ((taught, ", ".join(train_runs)) if taught else
+                               ([g.text for g in single["prompted"]], "this run's prompted replies"))
             for s in constant_systems(replies, checker, source):
                 systems.append(s)
                 single[s.name] = run("single turn", s, single_convs, config.max_new_tokens)
@@ -200,7 +201,8 @@ def evaluate(config: EvalConfig, console=None) -> Path:
         m["flops_per_request"] = cost_.flops_per_request(params + gen.adapter_params(s),
                                                          m["input_tokens"] - m["virtual_tokens"], m["output_tokens"])
         sys_metrics[s.name] = m
-    cost = _cost(systems, {s.name: sys_metrics[s.name] for s in systems if not s.model_free}, params, compared.name, latency, prompt.token_length(gen.tokenizer),
+    modelled = {s.name: sys_metrics[s.name] for s in systems if not s.model_free}
+    cost = _cost(systems, modelled, params, compared.name, latency, prompt.token_length(gen.tokenizer),
                  gen.kv_bytes_per_token())
 
     # --- recovery

@@ -45,7 +45,7 @@ def one_table(report: dict, adapters: dict[str, Path]):
     from genpi.eval.report import quality_metrics
 
     metrics = quality_metrics(report)
-    main = "protocol" if "protocol" in metrics else metrics[0]
+    main = next((m for m in ("token_agreement", "protocol") if m in metrics), metrics[0])
     cost = report["cost"]
     latency = cost.get("latency") or {}
     infos = {}
@@ -69,7 +69,8 @@ def one_table(report: dict, adapters: dict[str, Path]):
         info = infos.get(system.get("strategy") or "") if system.get("adapter") else None
         be = (cost.get("break_even") or {}).get(name, {}).get("requests")
         ttft = (latency.get(name) or {}).get("prefill_s")
-        tokens = f"{m['input_tokens']:.0f}" + (f" ({m['virtual_tokens']} virtual)" if m.get("virtual_tokens") else "")
+        tokens = ("– (no model)" if "input_tokens" not in m else f"{m['input_tokens']:.0f}"
+                  + (f" ({m['virtual_tokens']} virtual)" if m.get("virtual_tokens") else ""))
         table.add_row(name, *(f"{m[k]:.3f}" if m.get(k) is not None else "–" for k in metrics), rec, tokens,
                       f"{ttft:.3f}" if ttft is not None else "–",
                       f"{info['train_seconds']:.0f}" if info else "–", f"{be:,.0f}" if be else "–")

@@ -19,15 +19,20 @@ def test_quickstart_smoke_report_has_every_system_and_metric(tmp_path, smol_path
     systems = report["systems"]
     kinds = sorted(s["kind"] for s in systems.values())
     assert "prompted" in systems and "unprompted" in systems
-    assert len(systems) == 4, kinds  # prompted, unprompted, the genpi adapter, the seqkd baseline
+    # prompted, unprompted, the genpi adapter, the seqkd baseline; then the degenerate constant reply (no model)
+    assert kinds.count("constant") >= 1 and len(systems) - kinds.count("constant") == 4, kinds
     strategies = {s.get("strategy") for s in systems.values()}
     assert {"genpi", "seqkd"} <= strategies
     for name, s in systems.items():
-        for metric in QUALITY:
+        if s["kind"] == "constant":
+            assert {"protocol", "action", "rouge_l"} <= set(s["metrics"]), name
+            continue
+        for metric in QUALITY + ("teacher_kl", "token_agreement", "action"):
             if name == "prompted" and metric == "prompt_reconstruction":
                 continue  # the prompted system has the prompt in context: it is not asked to write it back
             assert metric in s["metrics"], (name, metric)
-    assert set(report["recovery"]) == {n for n, s in systems.items() if s["kind"] in ("adapter", "baseline")}
+    assert set(report["recovery"]) == {n for n, s in systems.items()
+                                       if s["kind"] in ("adapter", "baseline", "constant")}
     cost = report["cost"]
     assert cost["input_token_ratio"] > 5 and cost["flops_ratio"] > 1
     assert cost["latency"]["prefill_ratio"] and cost["latency"]["e2e_ratio"]
@@ -39,6 +44,17 @@ def test_quickstart_smoke_report_has_every_system_and_metric(tmp_path, smol_path
         meta = json.loads((out / "adapters" / strategy / "genpi.json").read_text())
         assert meta["strategy"] == strategy
 
+
+
+@pytest.mark.slow  # one synthesis, seven trainings, one evaluation at the smoke size
+def test_fidelity_smoke_prints_the_ablation_and_the_scaling_chart(tmp_path, smol_path):
+    out = tmp_path / "fid"
+    assert main(["run", "recipes/fidelity.py", "--smoke", "--out", str(out)]) == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    adapters = [s for s in report["systems"].values() if s["kind"] == "adapter"]
+    assert len(adapters) == 7  # six strategies on the ablation's records, GenPI on the other subset
+    assert all("token_agreement" in s["metrics"] for s in adapters)
+    assert (out / "report" / "fidelity.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow  # two agents end to end (about 10 minutes)
