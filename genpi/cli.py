@@ -160,14 +160,14 @@ def _add_train_parsers(sub) -> None:
 
 
 def _cmd_serve(args) -> int:
-    from genpi.server import serve
+    from genpi.serving.server import serve
 
     serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name)
     return 0
 
 
 def _add_serve_parser(sub) -> None:
-    from genpi.server import add_arguments as add_serve_arguments
+    from genpi.serving.server import add_arguments as add_serve_arguments
 
     p = sub.add_parser(
         "serve",

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from genpi.engine import Engine, PrefixStore, Request, common_prefix
+from genpi.serving.engine import Engine, PrefixStore, Request, common_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def test_greedy_replies_equal_decoding_each_request_alone_and_the_shared_prompt_
 def test_shared_prefix_attention_gives_the_same_logits_as_plain_attention(smol):
     import torch
 
-    from genpi.engine import shared_prefix_attention
+    from genpi.serving.engine import shared_prefix_attention
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     model, _ = smol
@@ -146,7 +146,7 @@ def test_bad_requests_fail_alone(smol):
 
 
 def test_prefix_store_keeps_the_longest_match_and_drops_the_least_recently_used():
-    from genpi.engine import _Entry
+    from genpi.serving.engine import _Entry
 
     store = PrefixStore(max_bytes=250)
     for ids in ((1, 2, 3), (1, 2, 3, 4, 5), (7, 8)):

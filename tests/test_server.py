@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from genpi.server import LocalServer
+from genpi.serving.local import LocalServer
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,7 @@ def test_genpi_serve_answers_as_each_adapter_with_the_openai_client(smol_path, t
     from eval_fixtures import make_adapter
 
     from genpi.models import load_model
-    from genpi.server import free_port
+    from genpi.serving.local import free_port
 
     adapter = make_adapter(tmp_path / "bash", load_model("default"), seed=3,
                            extra={"student_context": [{"role": "system", "content": "You answer in one line."}]})

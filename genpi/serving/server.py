@@ -1,11 +1,11 @@
 """The embedded server: an OpenAI-compatible ``/v1/chat/completions`` over genpi's engine, and the context
 manager that runs it as a child process.
 
-``genpi serve --adapter DIR [--adapter DIR2 ...]`` (or ``python -m genpi.server``, or ``genpi.serve(...)``) serves
+``genpi serve --adapter DIR [--adapter DIR2 ...]`` (or ``python -m genpi.serving.server``, or ``genpi.serve(...)``) serves
 the base model under the name it was given and each adapter, merged into its own copy of the base, under its
 directory's name, with the student context it was trained with put before every conversation. Requests from concurrent
 connections are gathered into batches by one engine thread; a prompt prefix shared by several requests is
-computed once (:mod:`genpi.engine`), and ``usage.prompt_tokens_details.cached_tokens`` says how many of a
+computed once (:mod:`genpi.serving.engine`), and ``usage.prompt_tokens_details.cached_tokens`` says how many of a
 request's prompt tokens were reused.
 
 Supported: ``messages``, ``model``, ``max_tokens`` / ``max_completion_tokens``, ``temperature``, ``top_p``,
@@ -20,16 +20,12 @@ too), and, started by :class:`LocalServer`, it is killed by the kernel when its 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -74,7 +70,7 @@ class Backend:
 
     def complete(self, body: dict) -> dict:
         """An OpenAI chat completion response for a request body (raises :class:`BadRequest`)."""
-        from genpi.engine import Request
+        from genpi.serving.engine import Request
 
         if not isinstance(body, dict):
             raise BadRequest(400, "the request body must be a JSON object")
@@ -200,7 +196,7 @@ def load_served(model_name: str, adapters: list[str], served_name: str | None = 
     directory's name; each with an engine of ``rows`` rows."""
     import torch
 
-    from genpi.engine import Engine
+    from genpi.serving.engine import Engine
     from genpi.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_name)
@@ -281,7 +277,7 @@ def serve(adapters: list[str | Path] = (), model: str | None = None, host: str =
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """The serving flags, shared by ``genpi serve`` and ``python -m genpi.server``."""
+    """The serving flags, shared by ``genpi serve`` and ``python -m genpi.serving.server``."""
     ap.add_argument("--adapter", action="append", default=[], metavar="DIR",
                     help="adapter directory from `genpi train`, served merged under its directory's name (repeatable)")
     ap.add_argument("--model", default=None,
@@ -293,108 +289,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m genpi.server", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m genpi.serving.server", description=__doc__.split("\n\n")[0])
     add_arguments(ap)
     args = ap.parse_args(argv)
     serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name)
-
-
-# --- running it as a child process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    # Linux only: the kernel kills the server when the process that started it dies, however it dies. SIGKILL,
-    # not SIGTERM: nothing is worth finishing for a parent that is gone.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    os.setsid()
-
-
-class LocalServer:
-    """The genpi server on a free loopback port, as a context manager: started, health-checked, always stopped.
-
-    Args:
-        model: the model to serve (see ``genpi.models.resolve_model``); it answers to this name.
-        log_path: where the server's output goes (read back for the error message when it fails to start).
-        startup_timeout: seconds to wait for ``/health``.
-        adapters: adapter directories to serve beside the base model.
-    """
-
-    def __init__(self, model: str, log_path: str | Path | None = None, startup_timeout: float = 180.0,
-                 adapters: list[str] | None = None):
-        self.model = model
-        self.adapters = list(adapters or [])
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.log_path = Path(log_path) if log_path else None
-        self.startup_timeout = startup_timeout
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "LocalServer":
-        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
-        env.pop("OPENAI_API_KEY", None)  # the local server needs no key; it never gets one
-        cmd = [sys.executable, "-m", "genpi.server", "--model", self.model, "--port", str(self.port)]
-        for a in self.adapters:
-            cmd += ["--adapter", a]
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        try:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            preexec_fn=_die_with_parent)
-        finally:
-            if log is not subprocess.DEVNULL:
-                log.close()
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                self.process = None
-                raise UserError(f"the embedded server exited with code {code} at start: {self._log_tail()} "
-                                f"(log: {self.log_path})")
-            if self.healthy():
-                return self
-            time.sleep(0.25)
-        self.stop()
-        raise UserError(f"the embedded server did not answer /health within {self.startup_timeout:.0f}s; see {self.log_path}")
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-
-    def _log_tail(self) -> str:
-        if not self.log_path or not self.log_path.exists():
-            return "no log"
-        lines = [l for l in self.log_path.read_text(errors="replace").splitlines() if l.strip()]
-        return lines[-1][:300] if lines else "empty log"
-
-    def __enter__(self) -> "LocalServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":
