@@ -39,12 +39,14 @@ class LocalServer:
         log_path: where the server's output goes (read back for the error message when it fails to start).
         startup_timeout: seconds to wait for ``/health``.
         adapters: adapter directories to serve beside the base model.
+        flags: further ``genpi serve`` flags (e.g. ``["--rows", "4"]``).
     """
 
     def __init__(self, model: str, log_path: str | Path | None = None, startup_timeout: float = 180.0,
-                 adapters: list[str] | None = None):
+                 adapters: list[str] | None = None, flags: list[str] | None = None):
         self.model = model
         self.adapters = list(adapters or [])
+        self.flags = list(flags or [])
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = Path(log_path) if log_path else None
@@ -57,6 +59,7 @@ class LocalServer:
         cmd = [sys.executable, "-m", "genpi.serving.server", "--model", self.model, "--port", str(self.port)]
         for a in self.adapters:
             cmd += ["--adapter", a]
+        cmd += self.flags
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
