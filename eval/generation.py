@@ -1,7 +1,7 @@
 """Generation runner: the base model loaded once, every adapter attached to it, batched greedy decoding.
 
 Adapters are loaded into one PEFT model under their own names and switched per system; the base systems run with
-the adapters disabled. Replies come from :class:`genpi.engine.Engine` (continuous batching; the prompted system's
+the adapters disabled. Replies come from :class:`genpi.serving.engine.Engine` (continuous batching; the prompted system's
 prompt is computed once, not once per input), so evaluating the prompted system costs about what the others
 cost. Latency is measured apart, with lone requests through ``generate`` (:meth:`Generator.time_request`).
 """
@@ -76,7 +76,7 @@ class Generator:
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         # the token a chat turn ends with: what the template writes after an assistant message
         self.end_of_turn = _end_of_turn(self.tokenizer, self.eos_ids)
-        from genpi.engine import Engine
+        from genpi.serving.engine import Engine
 
         self.engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, rows=rows,
                              decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
@@ -144,7 +144,7 @@ class Generator:
         """
         from concurrent.futures import as_completed
 
-        from genpi.engine import Request
+        from genpi.serving.engine import Request
 
         if system.reply is not None:  # a constant system: the same reply to everything, no model
             for _ in conversations:
@@ -186,7 +186,7 @@ class Generator:
         """
         import copy
 
-        from genpi.engine import cache_keyword
+        from genpi.serving.engine import cache_keyword
 
         torch = self.torch
         ids = self.request_ids(system, prompt, conversation)
@@ -206,7 +206,7 @@ class Generator:
         import torch
         from transformers import DynamicCache
 
-        from genpi.engine import cache_keyword
+        from genpi.serving.engine import cache_keyword
 
         cache = DynamicCache(config=self.model.config)
         if system.name in self._soft:  # a soft prompt is a prefix computed once by construction
@@ -269,7 +269,7 @@ class Generator:
         if prefix is not None:
             import copy
 
-            from genpi.engine import cache_keyword
+            from genpi.serving.engine import cache_keyword
 
             ids, cache = prefix
             if enc["input_ids"][0, : len(ids)].tolist() != ids:
@@ -318,7 +318,7 @@ def soft_prompt_kv(base, adapter: str, model_name: str) -> tuple[int, list, list
     import torch
     from transformers import DynamicCache
 
-    from genpi.engine import cache_keyword
+    from genpi.serving.engine import cache_keyword
     from genpi.models import load_adapter, quiet_peft
 
     try:

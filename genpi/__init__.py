@@ -21,7 +21,7 @@ _EXPORTS = {
     "train": "genpi.training.run",
     "train_resumably": "genpi.training.run",
     "evaluate": "genpi.eval.evaluate",
-    "serve": "genpi.server",
+    "serve": "genpi.serving.server",
     "AgentPrompt": "genpi.prompt",
     "load_prompt": "genpi.prompt",
     "RunInfo": "genpi.synth.store",

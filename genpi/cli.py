@@ -123,6 +123,9 @@ SERVE_EPILOG = """examples:
   genpi serve --adapter adapters/bash
   genpi serve --adapter adapters/bash --adapter adapters/support --port 8001
   curl http://127.0.0.1:8000/v1/chat/completions -d '{"model": "bash", "messages": [{"role": "user", "content": "How many files are in /etc?"}]}'
+  curl -N http://127.0.0.1:8000/v1/chat/completions -d '{"model": "bash", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+
+reference: docs/SERVING.md (streaming, n, logprobs, errors, cancellation, overload, vLLM multi-LoRA)
 """
 
 
@@ -160,14 +163,14 @@ def _add_train_parsers(sub) -> None:
 
 
 def _cmd_serve(args) -> int:
-    from genpi.server import serve
+    from genpi.serving.server import serve
 
-    serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name)
+    serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name, args.max_waiting)
     return 0
 
 
 def _add_serve_parser(sub) -> None:
-    from genpi.server import add_arguments as add_serve_arguments
+    from genpi.serving.server import add_arguments as add_serve_arguments
 
     p = sub.add_parser(
         "serve",
@@ -175,7 +178,7 @@ def _add_serve_parser(sub) -> None:
         description="Serve the base model and each --adapter, merged into its own copy of the base, at "
         "/v1/chat/completions (the model name of an adapter is its directory's name), with the student context "
         "it was trained with. Stops at once on Ctrl-C or SIGTERM. For many adapters on a GPU, see the vLLM "
-        "multi-LoRA command in the README (Serving).",
+        "multi-LoRA command in docs/SERVING.md.",
         epilog=SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

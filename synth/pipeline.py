@@ -417,7 +417,7 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
         served, endpoint = config.model, public_url(base_url) if client is None else type(client).__name__
         if client is None and not base_url:
             from genpi.models import resolve_model
-            from genpi.server import LocalServer
+            from genpi.serving.local import LocalServer
 
             if {config.env_model, config.synth_model} - {"", config.model}:
                 raise UserError("the embedded server serves one model: pass --base-url to use another --env-model or --synth-model")

@@ -59,7 +59,7 @@ def test_gives_up_after_the_attempt_limit():
 
 
 def test_unreachable_server_is_a_user_error():
-    from genpi.server import free_port
+    from genpi.serving.local import free_port
 
     client = OpenAIChatClient(base_url=f"http://127.0.0.1:{free_port()}/v1", retries=2)
     with pytest.raises(UserError, match="cannot reach the chat server"):
@@ -86,7 +86,7 @@ def test_unknown_model_and_forbidden_are_user_errors(code, needle):
 
 def test_credentials_in_the_url_reach_no_message():
     from genpi.synth.client import public_url
-    from genpi.server import free_port
+    from genpi.serving.local import free_port
 
     url = f"http://user:hunter2@127.0.0.1:{free_port()}/v1?api-key=hunter2"
     assert public_url(url) == url.replace("user:hunter2@", "").replace("?api-key=hunter2", "")

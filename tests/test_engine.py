@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from genpi.engine import Engine, PrefixStore, Request, common_prefix
+from genpi.serving.engine import Engine, PrefixStore, Request, common_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def test_greedy_replies_equal_decoding_each_request_alone_and_the_shared_prompt_
 def test_shared_prefix_attention_gives_the_same_logits_as_plain_attention(smol):
     import torch
 
-    from genpi.engine import shared_prefix_attention
+    from genpi.serving.engine import shared_prefix_attention
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     model, _ = smol
@@ -146,7 +146,7 @@ def test_bad_requests_fail_alone(smol):
 
 
 def test_prefix_store_keeps_the_longest_match_and_drops_the_least_recently_used():
-    from genpi.engine import _Entry
+    from genpi.serving.engine import _Entry
 
     store = PrefixStore(max_bytes=250)
     for ids in ((1, 2, 3), (1, 2, 3, 4, 5), (7, 8)):
@@ -155,3 +155,45 @@ def test_prefix_store_keeps_the_longest_match_and_drops_the_least_recently_used(
     entry, n = store.best("", [1, 2, 3, 4, 9], limit=5)
     assert entry.ids == (1, 2, 3, 4, 5) and n == 4
     assert store.best("other", [1, 2, 3], limit=3) == (None, 0)  # prefixes are per model variant
+
+
+def test_a_cancelled_request_leaves_its_row_at_once_and_the_others_go_on(smol):
+    model, tok = smol
+    engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=4)
+    ids = _ids(tok, [{"role": "user", "content": "Count from one to two hundred."}])
+    seen = []
+    doomed = engine.submit(Request(ids, 400, on_token=lambda token, logprob: seen.append(token)))
+    other = engine.submit(Request(_ids(tok, [{"role": "user", "content": QUESTIONS[0]}]), 30))
+    while len(seen) < 3:  # decoding
+        time.sleep(0.05)
+    assert doomed.cancel()
+    assert len(other.result(timeout=120).ids) >= 1
+    deadline = time.monotonic() + 10
+    while engine.load() != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.load() == (0, 0) and engine.stats.cancelled == 1
+    assert len(seen) < 100  # it stopped decoding long before its 400 tokens
+    queued = engine.submit(Request(ids, 4))  # cancelled while waiting: never admitted
+    queued.cancel()
+    assert engine.generate([Request(ids, 2)])[0].ids
+
+
+def test_tokens_stream_as_produced_with_their_log_probabilities(smol):
+    import torch
+
+    model, tok = smol
+    engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=2)
+    ids = _ids(tok, [{"role": "user", "content": QUESTIONS[1]}])
+    streamed = []
+    c = engine.generate([Request(ids, 8, logprobs=3, on_token=lambda t, lp: streamed.append((t, lp)))])[0]
+    assert [t for t, _ in streamed] == c.ids and [lp for _, lp in streamed] == c.logprobs
+    with torch.inference_mode():  # the raw model's distribution at each generated position, teacher-forced
+        logits = model(torch.tensor([ids + c.ids])).logits[0, len(ids) - 1 : -1].float()
+    expect = torch.log_softmax(logits, -1)
+    for i, (token, lp) in enumerate(zip(c.ids, c.logprobs)):
+        assert abs(lp.logprob - expect[i, token].item()) < 1e-3
+        top = expect[i].topk(3)
+        assert [t for t, _ in lp.top] == top.indices.tolist()
+        assert all(abs(a - b) < 1e-3 for (_, a), b in zip(lp.top, top.values.tolist()))
+    assert c.first_token_seconds >= c.queued_seconds >= 0
+    assert engine.generate([Request(ids, 2)])[0].logprobs is None  # not asked for, not computed

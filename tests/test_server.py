@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from genpi.server import LocalServer
+from genpi.serving.local import LocalServer
+from genpi.serving.protocol import ReplyText
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +65,15 @@ def test_models_and_errors_are_openai_shaped(server):
     assert [m.id for m in client.models.list().data] == [server.model]
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-nothing", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.BadRequestError, match="'stream' is not supported"):
-        client.chat.completions.create(model=server.model, stream=True, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="'tools' is not supported") as e:
+        client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "hi"}],
+                                       tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    assert e.value.body == {"message": "'tools' is not supported by the genpi server", "type": "invalid_request_error",
+                            "param": "tools", "code": "unsupported_parameter"}  # OpenAI's error object, as the SDK reads it
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client.chat.completions.create(model=server.model, top_logprobs=2, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="temperature must be a number from 0 to 2"):
+        client.chat.completions.create(model=server.model, temperature=5, messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="messages must be"):
         client.chat.completions.create(model=server.model, messages=[{"role": "robot", "content": "hi"}])
     req = urllib.request.Request(server.base_url + "/chat/completions", data=b"{not json", method="POST")
@@ -102,7 +110,7 @@ def test_genpi_serve_answers_as_each_adapter_with_the_openai_client(smol_path, t
     from eval_fixtures import make_adapter
 
     from genpi.models import load_model
-    from genpi.server import free_port
+    from genpi.serving.local import free_port
 
     adapter = make_adapter(tmp_path / "bash", load_model("default"), seed=3,
                            extra={"student_context": [{"role": "system", "content": "You answer in one line."}]})
@@ -135,3 +143,165 @@ def test_genpi_serve_answers_as_each_adapter_with_the_openai_client(smol_path, t
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) is not None
+
+
+# --- the openai SDK as agent frameworks call it: streaming, async, n, logprobs
+
+
+def _ask(client, model, **kw):
+    kw.setdefault("messages", [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Where do I return a book?"}])
+    return client.chat.completions.create(model=model, max_tokens=kw.pop("max_tokens", 24), temperature=0, **kw)
+
+
+def test_a_stream_has_the_same_text_as_the_whole_reply_and_usage_last(server):
+    client = _client(server)
+    whole = _ask(client, server.model)
+    chunks = list(_ask(client, server.model, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content and len([c for c in chunks if c.choices]) > 5  # token by token
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+    plain = list(_ask(client, server.model, stream=True))  # without include_usage: no usage chunk
+    assert all(c.choices and c.usage is None for c in plain)
+
+
+def test_a_stream_never_sends_text_past_a_stop_string(server):
+    client = _client(server)
+    messages = [{"role": "user", "content": "List the numbers 1 to 10, separated by commas."}]
+    free = _ask(client, server.model, messages=messages, max_tokens=40).choices[0].message.content
+    word = free.split(",")[3].strip()
+    chunks = list(_ask(client, server.model, messages=messages, max_tokens=40, stop=[word], stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert word not in text and free.startswith(text) and chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_reply_text_holds_back_what_may_begin_a_stop_string():
+    pieces = {1: "Hel", 2: "lo EN", 3: "D now"}
+    text = ReplyText(lambda ids: "".join(pieces[i] for i in ids), stop=["END"])
+    assert text.push(1) == "H"  # "el" could begin "END"
+    assert text.push(2) == "ello "  # "EN" could still
+    assert text.push(3) == "" and text.end() == "" and text.final() == "Hello " and text.cut
+
+
+def test_async_clients_stream_and_complete_concurrently(server):
+    import asyncio
+
+    import openai
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+        questions = ["When do you open?", "Can I print here?", "Do you have audiobooks?"]
+        ask = lambda q, **kw: client.chat.completions.create(  # noqa: E731
+            model=server.model, max_tokens=16, temperature=0, **kw,
+            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}])
+
+        async def streamed(q):
+            parts = []
+            async for c in await ask(q, stream=True):
+                parts.append(c.choices[0].delta.content or "")
+            return "".join(parts)
+
+        whole = await asyncio.gather(*(ask(q) for q in questions))
+        streams = await asyncio.gather(*(streamed(q) for q in questions))
+        await client.close()
+        return [w.choices[0].message.content for w in whole], streams
+
+    whole, streams = asyncio.run(run())
+    assert whole == streams and all(whole)
+
+
+def test_n_choices_are_seeded_and_batched_together(server):
+    client = _client(server)
+    ask = lambda seed: client.chat.completions.create(  # noqa: E731
+        model=server.model, max_tokens=12, temperature=1.0, n=3, seed=seed,
+        messages=[{"role": "user", "content": "Write a short line about the sea."}])
+    a, b = ask(5), ask(5)
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]  # seeded
+    assert len({c.message.content for c in a.choices}) > 1  # each choice its own sample
+    assert a.usage.prompt_tokens == b.usage.prompt_tokens < a.usage.completion_tokens + a.usage.prompt_tokens
+    streamed = list(client.chat.completions.create(
+        model=server.model, max_tokens=12, temperature=1.0, n=3, seed=5, stream=True,
+        messages=[{"role": "user", "content": "Write a short line about the sea."}]))
+    by_choice = ["".join(c.choices[0].delta.content or "" for c in streamed if c.choices[0].index == i) for i in range(3)]
+    assert by_choice == [c.message.content for c in a.choices]
+
+
+def test_logprobs_follow_openais_shape_and_match_the_stream(server):
+    client = _client(server)
+    whole = _ask(client, server.model, logprobs=True, top_logprobs=3)
+    content = whole.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == whole.choices[0].message.content  # one entry per reply token
+    for t in content:
+        assert t.logprob <= 0 and bytes(t.bytes).decode("utf-8", "replace") == t.token
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.logprob - 1e-4  # greedy: the top one
+        assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+    assert content[0].token == content[0].top_logprobs[0].token
+    streamed = [e for c in _ask(client, server.model, logprobs=True, top_logprobs=3, stream=True)
+                if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4)) for e in content]
+    assert _ask(client, server.model).choices[0].logprobs is None  # not asked for
+
+
+def _health(server):
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _until(condition, seconds=20):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+def test_a_client_that_goes_away_has_its_request_cancelled_in_the_engine(server):
+    import http.client
+
+    import openai
+
+    model = lambda: _health(server)["models"][server.model]  # noqa: E731
+    before = model()["cancelled"]
+    body = json.dumps({"model": server.model, "max_tokens": 3000, "messages": [
+        {"role": "user", "content": "Tell me a very long story about a lighthouse."}]})
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=1)
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    with pytest.raises(TimeoutError):
+        conn.getresponse()  # the client times out, and closes its connection
+    conn.close()
+    assert _until(lambda: model()["cancelled"] == before + 1 and model()["running"] == 0)
+    # a stream closed after a few chunks: the same
+    stream = _client(server).chat.completions.create(
+        model=server.model, max_tokens=3000, stream=True,
+        messages=[{"role": "user", "content": "Tell me a very long story about a lighthouse."}])
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    assert _until(lambda: model()["cancelled"] == before + 2 and model()["running"] == 0)
+    assert _ask(_client(server), server.model).choices[0].message.content  # the server goes on
+    log = server.log_path.read_text()
+    assert log.count("client gone") >= 2 and "POST /v1/chat/completions 200 model=" in log and "ttft=" in log
+    assert "Traceback" not in log and "BrokenPipe" not in log
+    assert isinstance(openai, object)
+
+
+def test_overload_is_answered_503_with_retry_after(smol_path, tmp_path):
+    import threading
+
+    import openai
+
+    with LocalServer(smol_path, log_path=tmp_path / "server.log", flags=["--rows", "1", "--max-waiting", "1"]) as s:
+        long = lambda: _quiet(lambda: _client(s).chat.completions.create(  # noqa: E731
+            model=s.model, max_tokens=400, messages=[{"role": "user", "content": "Tell me a very long story."}]))
+        for _ in range(2):  # one decoding, one waiting for the only row
+            threading.Thread(target=long, daemon=True).start()
+        state = lambda: {k: v for k, v in _health(s)["models"][s.model].items() if k != "cancelled"}  # noqa: E731
+        assert _until(lambda: state() == {"running": 1, "waiting": 1}, 60), state()
+        with pytest.raises(openai.InternalServerError) as e:
+            _ask(_client(s), s.model)
+        assert e.value.status_code == 503 and int(e.value.response.headers["retry-after"]) >= 1
+        assert e.value.body["code"] == "overloaded"

@@ -282,7 +282,7 @@ def test_the_same_seed_gives_the_same_run(tmp_path):
 
 def test_a_failed_server_start_leaves_a_run_the_same_command_resumes(tmp_path, monkeypatch):
     import genpi.models
-    import genpi.server
+    import genpi.serving.local
 
     class NoServer:
         def __init__(self, *a, **kw):
@@ -296,7 +296,7 @@ def test_a_failed_server_start_leaves_a_run_the_same_command_resumes(tmp_path, m
 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.setattr(genpi.models, "resolve_model", lambda name: "/models/tiny")
-    monkeypatch.setattr(genpi.server, "LocalServer", NoServer)
+    monkeypatch.setattr(genpi.serving.local, "LocalServer", NoServer)
     with pytest.raises(UserError, match="exited with code 1"):
         synthesize(cfg(tmp_path))
     assert (tmp_path / "run" / "run.json").exists()

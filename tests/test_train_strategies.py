@@ -196,7 +196,7 @@ def test_soft_prompts_cannot_be_merged_or_served(soft_runs, tmp_path, capsys):
     assert not (tmp_path / "m").exists()
     assert main(["export", "--adapter", str(out["prompt_tuning", "trained"]), "--out", str(tmp_path / "plain")]) == 0
     assert (tmp_path / "plain" / "adapter_config.json").is_file()
-    from genpi.server import load_served
+    from genpi.serving.backend import load_served
 
     with pytest.raises(UserError, match=r"is a soft prompt \(prompt_tuning\), which cannot be served"):
         load_served("default", [str(out["prompt_tuning", "trained"])])
@@ -224,7 +224,7 @@ def test_a_shorter_soft_prompt_is_cheaper_context(soft_runs, tmp_path):
 
 
 def test_a_pinned_prefix_is_never_evicted_and_every_request_must_start_with_it():
-    from genpi.engine import PrefixStore, _Entry
+    from genpi.serving.engine import PrefixStore, _Entry
 
     store = PrefixStore(max_bytes=100)
     store.pin("soft", _Entry((0, 0, 0), [], [], 80))

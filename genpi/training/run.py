@@ -268,7 +268,7 @@ def init_soft_prompt(model, strategy: str, ids: list[int]) -> None:
             return
         from transformers import DynamicCache
 
-        from genpi.engine import cache_keyword
+        from genpi.serving.engine import cache_keyword
 
         cache = DynamicCache(config=model.get_base_model().config)
         with model.disable_adapter():

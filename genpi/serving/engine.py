@@ -19,7 +19,11 @@ rounding. Sliding-window attention is not applied (the mask is full): use models
 shorter than the window.
 
 ``Completion.cached_tokens`` says how many prompt tokens came from the store (the OpenAI
-``usage.prompt_tokens_details.cached_tokens``).
+``usage.prompt_tokens_details.cached_tokens``). A request can ask for each generated token's log-probability and
+its most likely alternatives (``logprobs``: those of the model's raw distribution, before temperature and top-p, as
+vLLM reports them) and for each token as it is produced (``on_token``, called from the engine's thread: a server
+streams with it). Cancelling a request's future (``Future.cancel()``, e.g. when its client has gone) frees its row
+before the next step; a request still waiting is never started.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass
@@ -42,6 +47,16 @@ class Request:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()  # the reply ends once its text contains one of these (needs the engine's `decode`)
+    logprobs: int | None = None  # report each token's log-probability and this many top alternatives (None: neither)
+    on_token: Callable[[int, "TokenLogprob | None"], None] | None = None  # called with each token as it is produced
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token's log-probability under the model, and the most likely tokens at its position."""
+
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, log-probability), most likely first
 
 
 @dataclass
@@ -50,11 +65,15 @@ class Completion:
     finish_reason: str  # "stop" (a stop token) or "length" (max_new_tokens reached)
     prompt_tokens: int
     cached_tokens: int  # prompt tokens whose KV came from the prefix store instead of being computed
+    logprobs: list[TokenLogprob] | None = None  # one per generated token, when the request asked for them
+    queued_seconds: float = 0.0  # from submission to the start of its prefill
+    first_token_seconds: float = 0.0  # from submission to its first token
 
 
 @dataclass
 class EngineStats:
     requests: int = 0
+    cancelled: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
     generated_tokens: int = 0
@@ -175,6 +194,17 @@ def cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
+def _settle(future: Future, result=None, error: Exception | None = None) -> None:
+    """Give ``future`` its result or error, unless it is done already (cancelled by its caller, even meanwhile)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
 class _RowCache:
     """What the model's attention layers see as their KV cache during one forward pass: rows ``lo:hi`` of the
     engine's cache. ``update`` writes the new keys and values at each query token's slot and returns the rows'
@@ -208,6 +238,10 @@ class _Row:
     token: int = -1  # the last sampled token, not yet in the cache
     produced: list = field(default_factory=list)
     generator: object = None
+    submitted: float = 0.0  # time.perf_counter() at submission
+    queued: float = 0.0  # seconds waiting for a row
+    first_token: float = 0.0  # seconds from submission to the first token
+    logprobs: list | None = None
 
 
 class Engine:
@@ -261,6 +295,7 @@ class Engine:
         self.values: list = []
         self.active: list[_Row] = []
         self.queue: queue.Queue = queue.Queue()
+        self.waiting: list = []  # taken from the queue, not yet in a row
         self.lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="genpi-engine")
         self._thread.start()
@@ -281,8 +316,12 @@ class Engine:
         if request.stop and self.decode is None:
             future.set_exception(ValueError("stop strings need an engine made with decode="))
             return future
-        self.queue.put((request, future, variant))
+        self.queue.put((request, future, variant, time.perf_counter()))
         return future
+
+    def load(self) -> tuple[int, int]:
+        """Requests decoding now and requests waiting for a row (a server refuses work past a bound on these)."""
+        return len(self.active), len(self.waiting) + self.queue.qsize()
 
     def pin_prefix(self, variant: str, ids: list[int], keys: list, values: list) -> None:
         """Make ``keys``/``values`` (per layer ``(1, kv_heads, len(ids), head_dim)``) the KV of ``ids`` for every
@@ -302,18 +341,18 @@ class Engine:
     # --- the loop
 
     def _loop(self) -> None:
-        waiting: list = []
         while True:
-            if not self.active and not waiting:
-                waiting.append(self.queue.get())
+            if not self.active and not self.waiting:
+                self.waiting.append(self.queue.get())
                 time.sleep(0.002)  # requests sent together arrive within a few milliseconds
             while True:
                 try:
-                    waiting.append(self.queue.get_nowait())
+                    self.waiting.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
+            self._drop_cancelled()
             started = time.perf_counter()
-            waiting = self._admit(waiting)
+            self.waiting = self._admit(self.waiting)
             self.stats.prefill_seconds += time.perf_counter() - started
             if not self.active:
                 continue
@@ -337,15 +376,22 @@ class Engine:
             self._prefill(take, variant)
         except Exception as e:  # the new requests fail; the rows already decoding go on
             del self.active[before:]
-            for _, future, _ in take:
-                if not future.done():
-                    future.set_exception(e)
+            for _, future, _, _ in take:
+                _settle(future, error=e)
         return rest
+
+    def _drop_cancelled(self) -> None:
+        """Forget waiting requests and free the rows of running ones whose future was cancelled."""
+        kept = [w for w in self.waiting if not w[1].cancelled()]
+        self.stats.cancelled += len(self.waiting) - len(kept)
+        self.waiting = kept
+        for row in [row for row in self.active if row.future.cancelled()]:
+            self._remove(row)
+            self.stats.cancelled += 1
 
     def _fail(self, rows: list, error: Exception) -> None:
         for row in rows:
-            if not row.future.done():
-                row.future.set_exception(error)
+            _settle(row.future, error=error)
         self.active = []
 
     # --- prefixes
@@ -420,18 +466,20 @@ class Engine:
         torch = self.torch
         if not items:
             return
-        requests = [r for r, _, _ in items]
+        requests = [r for r, _, _, _ in items]
         self._learn_shared_prefix(requests, variant)
         lo = len(self.active)
         rows: list[_Row] = []
         pinned = self.store.pinned.get(variant, 0)
-        for r, fut, v in items:
+        now = time.perf_counter()
+        for r, fut, v, submitted in items:
             entry, cached = self.store.best(variant, r.ids, len(r.ids) - 1)
             if cached < pinned:
                 raise ValueError(f"a request of {variant!r} does not start with its pinned prefix")
             if cached < self.min_prefix and not pinned:
                 entry, cached = None, 0
-            rows.append(_Row(r, fut, v, cached, cached, generator=self._generator(r)))
+            rows.append(_Row(r, fut, v, cached, cached, generator=self._generator(r), submitted=submitted,
+                             queued=now - submitted, logprobs=None if r.logprobs is None else []))
         hi = lo + len(rows)
         self._ensure(hi, max(len(r.ids) for r in requests) + 1)
         for i, row in enumerate(rows):
@@ -513,13 +561,24 @@ class Engine:
         """Sample the next token of rows ``lo:`` from ``logits``; finish rows that stop, and compact the rows."""
         rows = self.active[lo:]
         tokens = self._pick(logits, rows)
+        infos = self._logprobs(logits, tokens, rows)
         finished = []
-        for row, tok in zip(rows, tokens.tolist()):
+        now = time.perf_counter()
+        for row, tok, info in zip(rows, tokens.tolist(), infos):
+            if not row.produced:
+                row.first_token = now - row.submitted
             if tok in self.eos_ids:
                 finished.append((row, "stop"))
                 continue
             row.produced.append(tok)
             row.token = tok
+            if info is not None:
+                row.logprobs.append(info)
+            if row.request.on_token is not None:
+                try:
+                    row.request.on_token(tok, info)
+                except Exception:  # noqa: BLE001 - a failing listener ends its own request, not the batch
+                    row.future.cancel()
             if row.request.stop and self._stopped(row):
                 finished.append((row, "stop"))
             elif len(row.produced) >= row.request.max_new_tokens or row.length + 1 >= self.max_context:
@@ -527,12 +586,37 @@ class Engine:
         for row, reason in finished:
             self._finish(row, reason)
 
+    def _logprobs(self, logits, tokens, rows: list[_Row]) -> list:
+        """Each row's :class:`TokenLogprob` for its sampled token, or None where the request did not ask."""
+        torch = self.torch
+        asked = [i for i, row in enumerate(rows) if row.request.logprobs is not None]
+        out: list = [None] * len(rows)
+        if not asked:
+            return out
+        index = torch.tensor(asked, device=logits.device)
+        logp = torch.log_softmax(logits[index], dim=-1)
+        chosen = logp.gather(1, tokens[index][:, None])[:, 0].tolist()
+        k = max(rows[i].request.logprobs for i in asked)
+        top = logp.topk(k, dim=-1) if k else None
+        for j, i in enumerate(asked):
+            n = rows[i].request.logprobs
+            pairs = list(zip(top.indices[j, :n].tolist(), top.values[j, :n].tolist())) if n else []
+            out[i] = TokenLogprob(chosen[j], pairs)
+        return out
+
     def _finish(self, row: _Row, reason: str) -> None:
-        """Hand the reply back, keep the row's sequence in the prefix store, and close the gap in the rows."""
-        i = self.active.index(row)
+        """Hand the reply back and keep the row's sequence in the prefix store."""
         length = row.length  # tokens in the cache: the prompt and the reply but its last token
         if length >= self.min_prefix:  # a dialogue's next turn starts with this one
-            self._keep(i, (row.request.ids + row.produced)[:length], row.variant)
+            self._keep(self.active.index(row), (row.request.ids + row.produced)[:length], row.variant)
+        self._remove(row)
+        self.stats.generated_tokens += len(row.produced)
+        _settle(row.future, Completion(row.produced, reason, len(row.request.ids), row.cached, row.logprobs,
+                                       row.queued, row.first_token))
+
+    def _remove(self, row: _Row) -> None:
+        """Take ``row`` out of the rows and close the gap."""
+        i = self.active.index(row)
         last = len(self.active) - 1
         if i != last:  # the last row moves into the gap: active rows stay 0..n-1
             moved = self.active[last]
@@ -541,8 +625,6 @@ class Engine:
                     t[i, :, : moved.length] = t[last, :, : moved.length]
             self.active[i] = moved
         self.active.pop()
-        self.stats.generated_tokens += len(row.produced)
-        row.future.set_result(Completion(row.produced, reason, len(row.request.ids), row.cached))
 
     def _stopped(self, row: _Row) -> bool:
         """Whether the reply's text now contains a stop string (only its last tokens are decoded: a token is at
