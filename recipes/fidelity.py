@@ -5,8 +5,9 @@
     genpi run recipes/fidelity.py --prompt my_agent.txt --checker my_checks.py:protocol --out runs/fidelity-mine
 
 Synthesizes one training run from the prompt alone (no seed inputs) and held-out inputs (another seed), then trains
-on the same records every strategy of the ablation (GenPI, SeqKD, SeqKD+KL, on-policy, on-policy mixed with GenPI,
-prompt tuning), and GenPI on the first 8, 16, 32 and 64 records, all with `genpi train`'s defaults; one evaluation
+on the same records every strategy of the ablation (GenPI, SeqKD, SeqKD+KL, on-policy mixed with GenPI, prompt
+tuning; `--onpolicy` adds on-policy alone, slow on a CPU), and GenPI on the first 8, 16 and 32 records (`--scaling`
+for others), all with `genpi train`'s defaults; one evaluation
 scores them all side by side with the constant baselines. The last things printed are one table (token agreement,
 KL to the teacher, action agreement, protocol, each with its recovery and 95% interval) and the scaling chart
 (fidelity.png). Everything goes under --out; rerunning resumes every step.
@@ -22,17 +23,17 @@ from pathlib import Path
 
 from genpi import EvalConfig, SynthConfig, TrainConfig, evaluate, synthesize, train_resumably
 
-SYNTH = SynthConfig(prompt="examples/bash_agent.txt", num_inputs=64, max_turns=2, max_new_tokens=128, concurrency=16,
+SYNTH = SynthConfig(prompt="examples/bash_agent.txt", num_inputs=40, max_turns=2, max_new_tokens=128, concurrency=16,
                     seed=0)
 HELDOUT = SynthConfig(prompt="examples/bash_agent.txt", num_inputs=32, inputs_only=True, concurrency=16, seed=1)
 TRAIN = TrainConfig(save_steps=10)  # genpi train's defaults
 # name -> TrainConfig changes; on-policy samples replies of an agent turn's length
 ABLATION = {"genpi": {}, "seqkd": {"strategy": "seqkd"}, "seqkd_kl": {"strategy": "seqkd_kl"},
-            "onpolicy": {"strategy": "onpolicy", "onpolicy_max_new_tokens": 64},
             "onpolicy+genpi": {"strategy": "onpolicy", "w_sft": 0.7, "w_pg": 0.3, "onpolicy_max_new_tokens": 64},
             "prompt_tuning": {"strategy": "prompt_tuning"}}
+ONPOLICY = {"onpolicy": {"strategy": "onpolicy", "onpolicy_max_new_tokens": 64}}
 ABLATION_RECORDS = 32
-SCALING = (8, 16, 32, 64)  # GenPI on the first N records
+SCALING = (8, 16, 32)  # GenPI on the first N records (40 inputs give about 35 records)
 EVAL = EvalConfig(checker="examples/bash_agent.checks.py:protocol", max_new_tokens=128, multiturn_turns=0,
                   reconstruction_inputs=0, latency_inputs=0)
 COLUMNS = ("token_agreement", "teacher_kl", "action", "action_name", "protocol")
@@ -111,13 +112,18 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--prompt", default=SYNTH.prompt, help="the agent's prompt file")
     ap.add_argument("--checker", default=None, help="checker naming the reply's action (default: the bash example's; "
                     "none for another --prompt)")
+    ap.add_argument("--scaling", default=",".join(map(str, SCALING)), help="comma list of record counts for GenPI's "
+                    "scaling curve (more than the run holds: raise the run's inputs with --num-inputs)")
+    ap.add_argument("--num-inputs", type=int, default=SYNTH.num_inputs, help="inputs synthesized for training")
+    ap.add_argument("--onpolicy", action="store_true", help="also train on-policy distillation alone")
     ap.add_argument("--smoke", action="store_true", help="the CI size")
     args = ap.parse_args(argv)
     out = Path(args.out)
     checker = args.checker if args.checker is not None else ("" if args.prompt != SYNTH.prompt else EVAL.checker)
-    synth, heldout, tcfg = SYNTH, HELDOUT, TRAIN
+    synth, heldout, tcfg = dataclasses.replace(SYNTH, num_inputs=args.num_inputs), HELDOUT, TRAIN
     ecfg = dataclasses.replace(EVAL, prompt=args.prompt, checker=checker)
-    scaling, ablation_records = SCALING, ABLATION_RECORDS
+    scaling, ablation_records = tuple(int(n) for n in args.scaling.split(",") if n.strip()), ABLATION_RECORDS
+    ablation = {**ABLATION, **(ONPOLICY if args.onpolicy else {})}
     if args.smoke:
         synth = dataclasses.replace(synth, num_inputs=SMOKE["train_inputs"], max_new_tokens=SMOKE["max_tokens"])
         heldout = dataclasses.replace(heldout, num_inputs=SMOKE["heldout_inputs"])
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> Path:
     adapters, scaled = {}, {}
     for n in sorted({*scaling, ablation_records}):
         data = subset(out / "train", out / f"train-{n}", n)
-        for name, changes in (ABLATION if n == ablation_records else {"genpi": {}}).items():
+        for name, changes in (ablation if n == ablation_records else {"genpi": {}}).items():
             tag = f"{name}-{n}"
             adapters[tag] = train_resumably(dataclasses.replace(tcfg, data=data, out=out / "adapters" / tag, **changes))
         if n in scaling:

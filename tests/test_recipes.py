@@ -52,7 +52,7 @@ def test_fidelity_smoke_prints_the_ablation_and_the_scaling_chart(tmp_path, smol
     assert main(["run", "recipes/fidelity.py", "--smoke", "--out", str(out)]) == 0
     report = json.loads((out / "report" / "report.json").read_text())
     adapters = [s for s in report["systems"].values() if s["kind"] == "adapter"]
-    assert len(adapters) == 7  # six strategies on the ablation's records, GenPI on the other subset
+    assert len(adapters) == 6  # five strategies on the ablation's records, GenPI on the other subset
     assert all("token_agreement" in s["metrics"] for s in adapters)
     assert (out / "report" / "fidelity.png").stat().st_size > 10_000
 
