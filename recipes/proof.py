@@ -1,6 +1,6 @@
 """Proof: without its prompt, the GenPI adapter keeps each example agent's protocol, on held-out inputs.
 
-    genpi run recipes/proof.py                    # both examples, about 18 minutes on 2 CPU cores (docs/RESULTS.md)
+    genpi run recipes/proof.py                    # both examples, about 20 minutes on 2 CPU cores (docs/RESULTS.md)
     genpi run recipes/proof.py --agent bash       # one of them
     genpi run recipes/proof.py --smoke            # the CI size: same steps, smaller numbers
 
@@ -9,7 +9,8 @@ alone, with no seed inputs; the support agent from its seed inputs and its promp
 (another seed, checked disjoint from the training inputs), train a GenPI adapter, and evaluate it against the
 base model with the prompt (upper bound) and without it (lower bound): protocol compliance with the example's own
 checker, its recovery ratio with a 95% bootstrap interval, ROUGE-L to the prompted replies, and cost. Everything
-goes under runs/proof/AGENT/; rerunning resumes every step.
+goes under runs/proof/AGENT/; rerunning resumes every step. (docs/RESULTS.md measured 18 minutes; the support
+agent's 10 records then trained 15 steps, now 40 by --min-steps: about 2 minutes more, estimated.)
 """
 
 from __future__ import annotations

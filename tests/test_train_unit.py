@@ -217,7 +217,7 @@ def test_the_cli_defaults_give_a_tiny_run_at_least_min_steps(tmp_path, smol_toke
 
     from genpi.config import DEFAULT_EPOCHS
     from genpi.training.plan import plan_steps, steps_per_epoch
-    from genpi.training.run import prepare_data
+    from genpi.training.run import prepare_data, trainer_args
 
     run = fx.write_run(tmp_path / "run")  # 4 usable records
     c = dataclasses.replace(_cli_config(), data=str(run))
@@ -228,6 +228,9 @@ def test_the_cli_defaults_give_a_tiny_run_at_least_min_steps(tmp_path, smol_toke
     assert plan.steps >= c.min_steps and plan.steps == plan.epochs * per_epoch  # whole epochs
     assert (plan.epochs - 1) * per_epoch < c.min_steps  # no more epochs than it takes
     assert f"raised from {DEFAULT_EPOCHS}" in plan.reason and "--min-steps" in plan.reason
+    args = trainer_args(c, data, "fp32", checkpointing=False)  # the plan and the defaults reach the trainer
+    assert (args.num_train_epochs, args.max_steps) == (plan.epochs, -1)
+    assert (args.learning_rate, args.per_device_train_batch_size, args.w_pg) == (c.peak_lr(), c.batch_size, 0.3)
 
     many = plan_steps(c, 1000)  # enough records: the default epochs, not raised
     assert many.epochs == DEFAULT_EPOCHS and many.steps == DEFAULT_EPOCHS * steps_per_epoch(1000, c.batch_size)

@@ -1,9 +1,9 @@
 """The training run: a synthesis run in, a PEFT adapter with ``genpi.json`` and ``loss.png`` out.
 
 The CLI, recipes and tests all call :func:`train`, a short sequence of named steps, each a function of its own:
-data (:func:`prepare_data`: records -> examples and a step plan), trainer arguments (:func:`trainer_args`), model
-and tuner (:func:`model_and_tuner`), trainer (:func:`make_trainer`), then save (:func:`save_outputs`: ``genpi.json``,
-``loss.png``, the summary). It runs unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): every process
+data (:func:`prepare_data`: records -> examples and a step plan), trainer arguments (:func:`trainer_args`), output
+(:func:`start_output`), model and tuner (:func:`model_and_tuner`), trainer (:func:`make_trainer`), then save
+(:func:`save_outputs`: ``genpi.json``, ``loss.png``, the summary). It runs unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed): every process
 builds the same views; only the main process writes files and prints.
 """
 
@@ -375,6 +375,18 @@ def trainer_args(c: TrainConfig, data: TrainData, precision: str, checkpointing:
     )
 
 
+def start_output(c: TrainConfig, state) -> Path | None:
+    """Step *output*: check ``--out`` (every process), prepare it and write the settings a resume must match (the
+    main one); return the checkpoint to resume from."""
+    resume_from = _prepare_output(c, state.is_main_process)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        ckpt_dir = Path(c.out) / CHECKPOINTS
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / SIGNATURE_FILE).write_text(json.dumps(c.signature(), indent=2) + "\n", encoding="utf-8")
+    return resume_from
+
+
 def model_and_tuner(c: TrainConfig, data: TrainData, dtype):
     """Step *model*: the base model and the PEFT config of what trains (a LoRA, or a soft prompt and its length)."""
     from peft import LoraConfig
@@ -493,12 +505,7 @@ def train(config: TrainConfig, console=None) -> Path:
     # A soft prompt's prefix is outside the checkpointed layers.
     args = trainer_args(c, data, precision, checkpointing and data.head is None)
     state = PartialState()  # the state the training arguments just set up
-    resume_from = _prepare_output(c, state.is_main_process)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        ckpt_dir = Path(c.out) / CHECKPOINTS
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / SIGNATURE_FILE).write_text(json.dumps(c.signature(), indent=2) + "\n", encoding="utf-8")
+    resume_from = start_output(c, state)
 
     model, tuner, virtual = model_and_tuner(c, data, dtype)
     trainer, packed = make_trainer(c, data, args, model, tuner, console, state.is_main_process)
@@ -514,6 +521,7 @@ def train(config: TrainConfig, console=None) -> Path:
                      processes=state.num_processes, console=console)
     state.wait_for_everyone()
     return Path(c.out)
+
 
 def train_resumably(config: TrainConfig, console=None) -> Path:
     """For recipes: keep a finished adapter, continue a checkpointed one, start anything else over.
