@@ -159,6 +159,9 @@ def behaviour_notes(report: dict) -> list[str]:
         share = systems[name]["metrics"].get("protocol")
         out.append(f"this checker tests format only: the {name} system (one reply to every input, no model) passes it on "
                    f"{share:.0%} of the inputs; judge by teacher fidelity and action agreement")
+    for name, system in systems.items():
+        if system.get("too_short"):
+            out.append(f"{name}: genpi train warned that its run was too short ({system['too_short']})")
     for name, rec in (report.get("recovery") or {}).items():
         if systems[name]["kind"] == "constant":
             continue

@@ -72,8 +72,11 @@ class System:
         return head + [{"role": m["role"], "content": m["content"]} for m in turns[1:]]
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "adapter": self.adapter, "strategy": self.strategy,
-                "student_context": self.student_context, **self.details}
+        out = {"kind": self.kind, "adapter": self.adapter, "strategy": self.strategy,
+               "student_context": self.student_context, **self.details}
+        if self.info.too_short:  # genpi train's warning, carried to the report
+            out["too_short"] = self.info.too_short
+        return out
 
 
 def adapter_system(path: str | Path, kind: str) -> System:

@@ -108,3 +108,6 @@ def test_notes_say_when_a_checker_tests_format_only_and_an_adapter_learned_nothi
     assert any("genpi:a is indistinguishable from the unprompted model on token_agreement (" in line for line in lines)
     lines = behaviour_notes(_report({"genpi:a": {"token_agreement": good}}, {"format_only": []}))
     assert not any("format only" in line or "indistinguishable" in line for line in lines)
+    report = _report({}, {})
+    report["systems"]["genpi:a"]["too_short"] = "only 2 optimizer steps"
+    assert "genpi:a: genpi train warned that its run was too short (only 2 optimizer steps)" in behaviour_notes(report)
