@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--scaling", default=",".join(map(str, SCALING)), help="comma list of record counts for GenPI's "
                     "scaling curve (more than the run holds: raise the run's inputs with --num-inputs)")
     ap.add_argument("--num-inputs", type=int, default=SYNTH.num_inputs, help="inputs synthesized for training")
+    ap.add_argument("--ablation", default=",".join(ABLATION), help="comma list of the ablation's systems to train "
+                    f"(of {', '.join(ABLATION)})")
     ap.add_argument("--onpolicy", action="store_true", help="also train on-policy distillation alone")
     ap.add_argument("--smoke", action="store_true", help="the CI size")
     args = ap.parse_args(argv)
@@ -123,7 +125,11 @@ def main(argv: list[str] | None = None) -> Path:
     synth, heldout, tcfg = dataclasses.replace(SYNTH, num_inputs=args.num_inputs), HELDOUT, TRAIN
     ecfg = dataclasses.replace(EVAL, prompt=args.prompt, checker=checker)
     scaling, ablation_records = tuple(int(n) for n in args.scaling.split(",") if n.strip()), ABLATION_RECORDS
-    ablation = {**ABLATION, **(ONPOLICY if args.onpolicy else {})}
+    chosen = [a.strip() for a in args.ablation.split(",") if a.strip()]
+    unknown = sorted(set(chosen) - set(ABLATION))
+    if unknown or "genpi" not in chosen:
+        ap.error(f"--ablation {args.ablation}: give genpi and any of {', '.join(ABLATION)}")
+    ablation = {**{a: ABLATION[a] for a in chosen}, **(ONPOLICY if args.onpolicy else {})}
     if args.smoke:
         synth = dataclasses.replace(synth, num_inputs=SMOKE["train_inputs"], max_new_tokens=SMOKE["max_tokens"])
         heldout = dataclasses.replace(heldout, num_inputs=SMOKE["heldout_inputs"])
