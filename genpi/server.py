@@ -9,7 +9,8 @@ computed once (:mod:`genpi.engine`), and ``usage.prompt_tokens_details.cached_to
 request's prompt tokens were reused.
 
 Supported: ``messages``, ``model``, ``max_tokens`` / ``max_completion_tokens``, ``temperature``, ``top_p``,
-``seed``, ``stop``; anything else that changes the reply's shape (``stream``, ``n`` > 1, ``tools``, ``logprobs``,
+``seed``, ``stop``, and vLLM's ``add_generation_prompt`` / ``continue_final_message`` (leave the final message open
+and continue it: with an open user turn the model writes the user's message); anything else that changes the reply's shape (``stream``, ``n`` > 1, ``tools``, ``logprobs``,
 ``response_format``) is refused with a 400 rather than ignored. Omitted sampling settings come from the model's
 generation config, as vLLM does.
 
@@ -93,8 +94,16 @@ class Backend:
                 for m in messages):
             raise BadRequest(400, "messages must be a non-empty list of {role: system|user|assistant, content: text}")
         messages = [*s.context, *({"role": m["role"], "content": m["content"]} for m in messages)]
+        generation_prompt, continue_final = body.get("add_generation_prompt", True), body.get("continue_final_message", False)
+        for key, value in (("add_generation_prompt", generation_prompt), ("continue_final_message", continue_final)):
+            if not isinstance(value, bool):
+                raise BadRequest(400, f"{key} must be true or false")
+        if generation_prompt and continue_final:
+            raise BadRequest(400, "continue_final_message needs add_generation_prompt false: the final message is "
+                                  "continued, no new turn is opened")
         with s.lock:
-            text = s.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = s.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                                   continue_final_message=continue_final)
             ids = s.tokenizer(text, add_special_tokens=False)["input_ids"]
         room = s.engine.max_context - len(ids)
         if room < 1:
