@@ -21,10 +21,13 @@ from genpi import EvalConfig, SynthConfig, TrainConfig, evaluate, synthesize, tr
 
 PROMPT = "examples/bash_agent.txt"
 
+CHECKER = "examples/bash_agent.checks.py:protocol"
+# Proposed inputs are kept only if the prompted agent's first reply follows the protocol (--checker); the summary
+# of each synthesis gives the share that passed, trainable records / requested and how the dialogues finished.
 SYNTH = SynthConfig(prompt=PROMPT, seed_inputs="examples/bash_agent.seeds.txt", num_inputs=16, max_turns=2,
-                    max_new_tokens=128, concurrency=16, seed=0)
+                    max_new_tokens=128, concurrency=16, seed=0, checker=CHECKER)
 HELDOUT = SynthConfig(prompt=PROMPT, seed_inputs="examples/bash_agent.heldout.txt", num_inputs=16, inputs_only=True,
-                      concurrency=16, seed=1)
+                      concurrency=16, seed=1, checker=CHECKER)
 # The paper's learning rate (1e-4, TrainConfig's default) is for hundreds of steps on a 7-8B model; these ~24
 # steps on a 135M model need a larger one. A quarter of the records carry a prompt-generation example (the prompt
 # text is the same in every one of them; docs/TRAINING.md). No LoRA dropout: on a CPU it costs as much as the
@@ -33,7 +36,7 @@ TRAIN = TrainConfig(strategy="genpi", pg_share=0.25, epochs=3, batch_size=2, lea
                     lora_dropout=0.0, save_steps=5)
 # Writing the whole 777-token prompt back would cost each system ~840 decoded tokens on the CPU: the quick start
 # scores the first 128 tokens of one reconstruction (ROUGE-L against the whole prompt).
-EVAL = EvalConfig(prompt=PROMPT, checker="examples/bash_agent.checks.py:protocol", max_new_tokens=128,
+EVAL = EvalConfig(prompt=PROMPT, checker=CHECKER, max_new_tokens=128,
                   multiturn_turns=0, latency_inputs=4, reconstruction_inputs=1, reconstruction_max_new_tokens=128)
 
 # The CI size: the same pipeline with every count cut down.

@@ -35,6 +35,7 @@ from genpi.progress import make_console, progress
 from genpi.prompt import AgentPrompt, load_prompt
 from genpi.synth import episodes, roles
 from genpi.synth.client import ChatClient, ChatResult, OpenAIChatClient, public_url
+from genpi.synth.diversity import diversity
 from genpi.synth.inputs import gather_inputs, rejection_counts
 from genpi.synth.store import RunInfo, RunStore, stable_id
 
@@ -343,7 +344,10 @@ def summary_table(n: dict, requested: int, new: int, usage: Usage, elapsed: floa
     if rejected:
         top = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])[:4])
         table.add_row("inputs rejected", f"{sum(rejected.values())} ({top})")
-    y = n["yield"]
+    y, d = n["yield"], n["inputs_diversity"]
+    if d["nearest_neighbour_similarity"] is not None:
+        table.add_row("inputs: distinct-1 / distinct-2 / nearest-neighbour similarity",
+                      f"{d['distinct_1']:.2f} / {d['distinct_2']:.2f} / {d['nearest_neighbour_similarity']:.2f}")
     if y["inputs_screened_by_reply"]:
         passed, screened = y["inputs_passing_reply_screen"], y["inputs_screened_by_reply"]
         table.add_row("inputs passing the reply screen", f"{passed} / {screened} ({passed / screened:.0%})")
@@ -529,7 +533,7 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
                  "prompt_tokens": syn.usage.prompt_tokens, "cached_prompt_tokens": syn.usage.cached_tokens,
                  "completion_tokens": syn.usage.completion_tokens})
     n = counts(records, store, config.num_inputs, sum(r["seconds"] for r in info.runs))
-    n = info.counts = {"inputs": len(inputs), **n}
+    n = info.counts = {"inputs": len(inputs), "inputs_diversity": diversity(inputs), **n}
     store.write_info(info)
     console.print(summary_table(n, config.num_inputs, new, syn.usage, elapsed, retries, config.inputs_only))
     if len(inputs) < config.num_inputs:

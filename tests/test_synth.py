@@ -319,3 +319,13 @@ def test_an_api_key_flag_reaches_no_file(tmp_path):
     for f in (tmp_path / "run").rglob("*"):
         assert secret not in f.read_text(), f.name
     assert "api_key" not in json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+
+
+def test_diversity_is_low_for_repeated_requests_and_high_for_varied_ones():
+    from genpi.synth.diversity import diversity
+
+    same = ["Count the files in /etc.", "Count the files in /etc please.", "Please count the files in /etc."]
+    varied = ["Count the files in /etc.", "Which user owns /srv/data?", "How big is the biggest log under /var/log?"]
+    a, b = diversity(same), diversity(varied)
+    assert a["distinct_2"] < b["distinct_2"] and a["nearest_neighbour_similarity"] > 0.6 > b["nearest_neighbour_similarity"]
+    assert diversity(["one input only"])["nearest_neighbour_similarity"] is None
