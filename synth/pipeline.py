@@ -399,6 +399,8 @@ def dry_run(prompt: AgentPrompt, config: SynthConfig, seeds: list[str]) -> None:
     gold = [ep.task for ep in episodes.episodes(prompt) if ep.task] + seeds
     views = {
         "1. inputs (synth model playing the user)": roles.user_messages(prompt, pick_examples(gold, [], 0, config.seed)),
+        **({"1'. inputs, Magpie-style (the last user turn is continued)": roles.open_user_turn(prompt)}
+           if config.input_sampler != "roleswap" else {}),
         "2a. AS-IS (agent, student view: no prompt)": roles.as_is_messages(sample),
         "2b. TO-BE / dialogue turn 1 (agent, teacher view)": roles.agent_messages(prompt, dialogue[:1]),
         "3. environment turn 1 (role swap)": roles.environment_messages(prompt, dialogue, config.end_marker),
@@ -421,6 +423,11 @@ def dry_run(prompt: AgentPrompt, config: SynthConfig, seeds: list[str]) -> None:
                       "answered by the model as in 3.", markup=False, highlight=False)
     else:
         console.print("simulated: the model answers every agent turn as in 3.", markup=False, highlight=False)
+    console.rule("input screen")
+    console.print(("a proposed input is kept only if the agent's reply in 2b is whole (a reply cut off at "
+                   f"{config.max_new_tokens} tokens is made again with {config.regenerate_max_new_tokens or 2 * config.max_new_tokens})"
+                   + (f" and passes {config.checker}" if config.checker else "") + "; that reply is the dialogue's first turn")
+                  if config.screen_by_reply else "by its text only (--no-screen-by-reply)", markup=False, highlight=False)
     console.rule("end of a dialogue")
     console.print(f"an agent turn whose last line matches {pattern!r}" if pattern else "no end pattern",
                   f"or an environment reply with {config.end_marker!r}; at most {config.max_turns} agent turns",

@@ -159,6 +159,15 @@ def test_changed_config_refuses_to_resume(tmp_path):
     assert len(records) == 6
 
 
+@pytest.mark.parametrize("change,key", [({"checker": "json"}, "checker"), ({"screen_by_reply": False}, "screen_by_reply"),
+                                        ({"input_sampler": "both"}, "input_sampler"),
+                                        ({"regenerate_max_new_tokens": 50}, "regenerate_max_new_tokens")])
+def test_a_changed_screen_sampler_or_regeneration_budget_refuses_to_resume(tmp_path, change, key):
+    synthesize(cfg(tmp_path), client=FakeChatClient())
+    with pytest.raises(UserError, match=f"different config \\({key} changed\\)"):
+        synthesize(cfg(tmp_path, **change), client=FakeChatClient())
+
+
 def test_changed_prompt_refuses_to_resume(tmp_path):
     prompt = tmp_path / "p.txt"
     prompt.write_text("You are agent A. Always answer in French, in one short sentence.")

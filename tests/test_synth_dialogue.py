@@ -259,3 +259,14 @@ def test_inputs_only_makes_a_held_out_set_without_records(tmp_path, capsys):
     assert len(held.items) == 5 and all(it.input and not it.dialogue for it in held.items)
     records = read_records(synthesize(cfg(tmp_path, num_inputs=5), client=FakeChatClient()))  # now with records
     assert sorted(r["input"] for r in records) == sorted(it.input for it in held.items)
+
+
+def test_a_resumed_run_takes_the_first_turn_from_the_stored_screened_reply(tmp_path):
+    script = [BASH_STEP, ("Think: done.\nAct: answer(3)", "stop")]
+    synthesize(cfg(tmp_path, inputs_only=True), client=ScriptedAgent(script))  # inputs and their screened replies
+    fake = ScriptedAgent(script)
+    records = read_records(synthesize(cfg(tmp_path), client=fake))  # the same run, now with its records
+    first_turn_calls = [c for c in fake.calls if _role(c["messages"]) == "agent"
+                        and sum(m["role"] == "assistant" for m in c["messages"]) == _demo_turns(c["messages"])]
+    assert first_turn_calls == [] and not any(_role(c["messages"]) == "input" for c in fake.calls)
+    assert len(records) == 3 and all(r["to_be"] == BASH_STEP[0] and r["finish"] == "end" for r in records)
