@@ -13,6 +13,7 @@ run.json counts them (``counts.yield``). The accepted inputs are kept in the JSO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -63,10 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--sampler", default="roleswap", choices=["roleswap", "magpie", "both"])
     ap.add_argument("--json", default="", help="also write the results, accepted inputs included, to this file")
+    ap.add_argument("--work", default="", help="keep the run directories here (default: a temporary directory); "
+                                               "rerunning with the same --work resumes them")
     args = ap.parse_args(argv)
     console = make_console()
     results = []
-    with tempfile.TemporaryDirectory(prefix="genpi-yield-") as tmp:
+    with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="genpi-yield-")) as tmp:
         for name in args.only or list(PROMPTS):
             console.print(f"{name}: synthesizing {args.inputs} records", highlight=False)
             results.append(run(name, Path(tmp) / name, args))
