@@ -48,7 +48,8 @@ def run(name: str, out: Path, args) -> dict:
     env.pop("OPENAI_BASE_URL", None)
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     info = json.loads((out / "run.json").read_text())
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
+    path = out / "records.jsonl"  # absent when no input passed the screens
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     calls = [json.loads(line) for line in (out / "inputs.jsonl").read_text().splitlines() if line.strip()]
     n = info["counts"]
     return {"prompt": name, "counts": n, "seconds": sum(r["seconds"] for r in info["runs"]),
