@@ -8,7 +8,7 @@ shares this one's packages (what it lacks, such as the serving extra of transfor
 process with the embedded server it starts itself, on the same seed inputs and settings (the quick start's: bash
 example, 10 records: its 8 seed inputs, then proposed ones; 2 agent turns, 64 new tokens per call, 8 requests in flight), into a fresh run directory.
 The arms alternate (baseline, current, baseline, current, ...), so a slow drift of a shared machine falls on both;
-records/min and tokens/s come from each run's own ``run.json`` (time in synthesis, server start excluded), pooled
+records/min, trainable records/min (records that kept an agent turn) and tokens/s come from each run's own ``run.json`` (time in synthesis, server start excluded), pooled
 per arm. Absolute figures depend on the machine and its load: the ratio is the result.
 """
 
@@ -58,7 +58,10 @@ def run_arm(python: str, out: Path, args, seeds: Path, cwd: Path) -> dict:
     subprocess.run(cmd, check=True, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     info = json.loads((out / "run.json").read_text())
     run = info["runs"][-1]
-    return {"records": run["new_records"], "seconds": run["seconds"], "wall": time.monotonic() - started,
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
+    # Counted from the records, the same way for both arms (older versions' run.json has no yield).
+    trainable = sum(r["finish"] != "error" and any(m["role"] == "assistant" for m in r["dialogue"]) for r in records)
+    return {"records": run["new_records"], "trainable": trainable, "seconds": run["seconds"], "wall": time.monotonic() - started,
             "completion_tokens": run["completion_tokens"], "prompt_tokens": run["prompt_tokens"],
             "cached_prompt_tokens": run.get("cached_prompt_tokens", 0)}
 
@@ -88,13 +91,13 @@ def main() -> None:
             for arm in ("baseline", "current"):
                 r = run_arm(pythons[arm], tmp / f"run-{arm}-{rep}", args, seeds, cwd=tmp)
                 totals[arm].append(r)
-                console.print(f"repeat {rep} {arm:<8}: {r['records']} records in {r['seconds']:.1f} s "
+                console.print(f"repeat {rep} {arm:<8}: {r['records']} records ({r['trainable']} trainable) in {r['seconds']:.1f} s "
                               f"({r['wall']:.1f} s with server start), {r['completion_tokens']} tokens out, "
                               f"{r['prompt_tokens']} in ({r['cached_prompt_tokens']} reused)")
     table = Table(title=f"synth throughput: {args.baseline} vs this checkout ({args.prompt}, {args.records} records, "
                         f"{args.max_turns} turns, {args.max_tokens} tokens, concurrency {args.concurrency}, "
                         f"x{args.repeats})")
-    for col in ("arm", "records/min", "tokens/s out", "prompt tokens computed", "prompt tokens reused"):
+    for col in ("arm", "records/min", "trainable records/min", "tokens/s out", "prompt tokens computed", "prompt tokens reused"):
         table.add_column(col, justify="right")
     rates = {}
     for arm, runs in totals.items():
@@ -102,10 +105,11 @@ def main() -> None:
         tok = sum(r["completion_tokens"] for r in runs)
         computed = sum(r["prompt_tokens"] - r["cached_prompt_tokens"] for r in runs)
         reused = sum(r["cached_prompt_tokens"] for r in runs)
-        rates[arm] = (n / sec * 60, tok / sec)
-        table.add_row(arm, f"{rates[arm][0]:.2f}", f"{rates[arm][1]:.1f}", str(computed), str(reused))
-    table.add_row("current / baseline", f"{rates['current'][0] / rates['baseline'][0]:.2f}x",
-                  f"{rates['current'][1] / rates['baseline'][1]:.2f}x", "", "")
+        trainable = sum(r["trainable"] for r in runs)
+        rates[arm] = (n / sec * 60, trainable / sec * 60, tok / sec)
+        table.add_row(arm, f"{rates[arm][0]:.2f}", f"{rates[arm][1]:.2f}", f"{rates[arm][2]:.1f}", str(computed), str(reused))
+    ratio = lambda i: f"{rates['current'][i] / rates['baseline'][i]:.2f}x" if rates["baseline"][i] else "-"  # noqa: E731
+    table.add_row("current / baseline", ratio(0), ratio(1), ratio(2), "", "")
     console.print(table)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": totals}, indent=2) + "\n")

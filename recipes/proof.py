@@ -59,9 +59,11 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         agent, out = AGENTS[name], Path(args.out) / name
 
         # --- synthesize
-        synthesize(dataclasses.replace(synth, prompt=agent["prompt"], seed_inputs=agent["seeds"], out=out / "train"))
+        # (each prints its summary: inputs passing the reply screen, trainable records / requested, finishes)
+        synthesize(dataclasses.replace(synth, prompt=agent["prompt"], seed_inputs=agent["seeds"], out=out / "train",
+                                       checker=agent["checker"]))
         synthesize(dataclasses.replace(heldout, prompt=agent["prompt"], out=out / "heldout",
-                                       exclude_run=out / "train"))
+                                       exclude_run=out / "train", checker=agent["checker"]))
 
         # --- train
         adapter = train_resumably(dataclasses.replace(tcfg, data=out / "train", out=out / "genpi"))

@@ -22,17 +22,20 @@ from genpi import EvalConfig, SynthConfig, TrainConfig, evaluate, synthesize, tr
 
 PROMPT = "examples/bash_agent.txt"
 
+CHECKER = "examples/bash_agent.checks.py:protocol"
+# Proposed inputs are kept only if the prompted agent's first reply follows the protocol (--checker); the summary
+# of each synthesis gives the share that passed, trainable records / requested and how the dialogues finished.
 SYNTH = SynthConfig(prompt=PROMPT, seed_inputs="examples/bash_agent.seeds.txt", num_inputs=16, max_turns=2,
-                    max_new_tokens=128, concurrency=16, seed=0)
+                    max_new_tokens=128, concurrency=16, seed=0, checker=CHECKER)
 HELDOUT = SynthConfig(prompt=PROMPT, seed_inputs="examples/bash_agent.heldout.txt", num_inputs=16, inputs_only=True,
-                      concurrency=16, seed=1)
+                      concurrency=16, seed=1, checker=CHECKER)
 # TrainConfig's defaults (docs/TRAINING.md, Defaults): lr 1e-3, a quarter of the records with a prompt-generation
 # example, no LoRA dropout, 2 records per step, and at least 40 optimizer steps, so the ~11 usable records train 7
 # epochs. Only the checkpoint interval differs: a checkpoint every 5 steps, so Ctrl-C loses little.
 TRAIN = TrainConfig(save_steps=5)
 # Writing the whole 777-token prompt back would cost each system ~840 decoded tokens on the CPU: the quick start
 # scores the first 128 tokens of one reconstruction (ROUGE-L against the whole prompt).
-EVAL = EvalConfig(prompt=PROMPT, checker="examples/bash_agent.checks.py:protocol", max_new_tokens=128,
+EVAL = EvalConfig(prompt=PROMPT, checker=CHECKER, max_new_tokens=128,
                   multiturn_turns=0, latency_inputs=4, reconstruction_inputs=1, reconstruction_max_new_tokens=128)
 
 # The CI size: the same pipeline with every count cut down.

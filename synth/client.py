@@ -36,7 +36,10 @@ class ChatClient(Protocol):
         max_tokens: int,
         seed: int | None = None,
         stop: list[str] | None = None,
-    ) -> ChatResult: ...
+        continue_final: bool = False,
+    ) -> ChatResult:
+        """The reply to ``messages``; with ``continue_final`` the final message is continued instead of answered
+        (vLLM's ``continue_final_message``: an open user turn makes the model write the user's message)."""
 
 
 class OpenAIChatClient:
@@ -64,7 +67,7 @@ class OpenAIChatClient:
         """Stop retrying: calls in flight fail at their next error instead of backing off (used on Ctrl-C)."""
         self._closed = True
 
-    def chat(self, messages, *, model, temperature, max_tokens, seed=None, stop=None) -> ChatResult:
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None, stop=None, continue_final=False) -> ChatResult:
         import openai
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -77,6 +80,8 @@ class OpenAIChatClient:
             kwargs["seed"] = seed
         if stop:
             kwargs["stop"] = list(stop)[:4]  # the OpenAI API takes four at most
+        if continue_final:  # vLLM's names; the genpi server takes them too
+            kwargs["extra_body"] = {"add_generation_prompt": False, "continue_final_message": True}
         try:
             for attempt in Retrying(
                 retry=retry_if_exception(lambda e: not self._closed and is_transient(e)),
@@ -93,6 +98,11 @@ class OpenAIChatClient:
         except openai.NotFoundError:
             raise UserError(f"the server at {self.public_url} has no model {model!r} (404): pass --model with a model "
                             "it serves, and check that --base-url ends in /v1") from None
+        except openai.BadRequestError as e:
+            if continue_final and "continue_final_message" in str(e.message):
+                raise UserError(f"the server at {self.public_url} cannot continue an open user turn "
+                                "(continue_final_message): pass --input-sampler roleswap") from None
+            raise
         except openai.APITimeoutError:
             raise  # this call took too long every time: an error of this call (its record keeps it), not of the server
         except openai.APIConnectionError:
@@ -152,16 +162,16 @@ class FakeChatClient:
     def __post_init__(self):
         self._lock = threading.Lock()
 
-    def chat(self, messages, *, model, temperature, max_tokens, seed=None, stop=None) -> ChatResult:
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None, stop=None, continue_final=False) -> ChatResult:
         with self._lock:
             self.calls.append({"messages": messages, "model": model, "seed": seed, "temperature": temperature,
-                               "stop": stop})
+                               "stop": stop, "continue_final": continue_final, "max_tokens": max_tokens})
             n = len(self.calls)
         if self.fail_every and n % self.fail_every == 0:
             raise RuntimeError(f"injected failure on call {n}")
         system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
         last = messages[-1]["content"]
-        if last == "Next request?":
+        if last == "Next request?" or continue_final:
             n = seed or 0
             text = f"Please handle request number {n} about topic {n * 7 % 101} for me"
         elif "[ROLE PLAY]" in system:

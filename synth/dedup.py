@@ -18,12 +18,12 @@ def normalize(text: str) -> str:
     return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
-def _shingles(norm: str, n: int = 4) -> set[str]:
+def shingles(norm: str, n: int = 4) -> set[str]:
     s = norm.replace(" ", "_")
     return {s[i : i + n] for i in range(max(1, len(s) - n + 1))}
 
 
-def _jaccard(a: set, b: set) -> float:
+def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
@@ -37,15 +37,15 @@ class Deduplicator:
 
     def _key(self, text: str) -> tuple[str, set, set]:
         norm = normalize(text)
-        return norm, set(norm.split()), _shingles(norm)
+        return norm, set(norm.split()), shingles(norm)
 
     def is_duplicate(self, text: str) -> bool:
         """Whether ``text`` (or an empty text) repeats, exactly or nearly, an input seen so far."""
         norm, words, chars = self._key(text)
         if not norm:
             return True
-        return any(norm == seen_norm or _jaccard(words, seen_words) >= self.word_threshold
-                   or _jaccard(chars, seen_chars) >= self.char_threshold
+        return any(norm == seen_norm or jaccard(words, seen_words) >= self.word_threshold
+                   or jaccard(chars, seen_chars) >= self.char_threshold
                    for seen_norm, seen_words, seen_chars in self._seen)
 
     def add(self, text: str) -> bool:

@@ -1,5 +1,7 @@
 """Step 1: user inputs. Seed inputs first, then one proposal per call from the model playing the user (role swap,
-see :func:`genpi.synth.roles.user_messages`), each screened before it is accepted.
+see :func:`genpi.synth.roles.user_messages`, or Magpie-style, :func:`genpi.synth.roles.open_user_turn`), each
+screened before it is accepted: by its text, then by the prompted agent's first reply to it (whole, and passing
+the prompt's checker when one is given), which becomes the first agent turn of the input's dialogue.
 
 A small model playing the user still slips out of its role: it greets, offers help, copies the prompt's own
 sentences, writes the agent's reply or the environment's output, or talks about the list it is making. Each
@@ -26,6 +28,12 @@ _ASSISTANT = re.compile(
     r"let me know if|how can i be of)\b", re.IGNORECASE)
 _LIST_TALK = re.compile(r"^(#+\s|\*\*|(request|task|message|example|question)\s*#?\d+\b|here (is|are)\b|"
                         r"sure[,!.]|certainly[,!.]|of course[,!.])", re.IGNORECASE)
+# The agent's voice: a reply to a request (an apology, a refusal, instructions to "you", a presented answer), not one.
+_AGENT_VOICE = re.compile(
+    r"^(i(?:'m| am) (sorry|afraid|unable|not able)|sorry\b|unfortunately\b|i (cannot|can't|can ?not|won't) "
+    r"(help|assist|do|provide|answer|run|execute|access|perform|complete|fulfil)\b|you can\b|you (should|could|need to|may|might|will need to|have to)\b|to (do|achieve|accomplish|solve|fix) "
+    r"(this|that|it)\b|here'?s\b|the (following|answer|command|result|output) (is|are|will|would)\b|"
+    r"(great|good) question|thank(s| you) for (your|reaching|contacting|asking))", re.IGNORECASE)
 _GREETING = re.compile(r"^(hi|hello|hey|dear|greetings|good (morning|afternoon|evening))\b[^.!?,\n]{0,30}([.!?,]|$)\s*",
                        re.IGNORECASE)
 
@@ -67,6 +75,8 @@ class Screen:
             return "copies the prompt"
         if _ASSISTANT.search(t):
             return "assistant talk"
+        if _AGENT_VOICE.match(t):
+            return "the agent's voice"
         if _GREETING.match(t) and len(_words(_GREETING.sub("", t, count=1))) < 3:
             return "greeting only"
         return ""
@@ -93,6 +103,7 @@ def gather_inputs(syn, store: RunStore, seeds: list[str], excluded: list[str], p
     for text in [*excluded, *gold_tasks]:
         dedup.add(text)
     inputs = [row["input"] for call in done for row in call["accepted"]]
+    syn.first_replies.update({row["input"]: row["reply"] for call in done for row in call["accepted"] if "reply" in row})
     for text in inputs:
         dedup.add(text)
     if seeds and not done:
@@ -119,21 +130,35 @@ def gather_inputs(syn, store: RunStore, seeds: list[str], excluded: list[str], p
         calls = list(range(next_call, next_call + min(c.concurrency, 2 * (c.num_inputs - len(inputs)))))
         shown = {k: pick_examples(gold, inputs, k, c.seed) for k in calls}
         results = list(pool.map(lambda k: syn.propose_input(k, shown[k]), calls))
+        # Screened by text and deduplicated in call order, then (in parallel) by the prompted agent's first reply.
+        verdicts = {}
+        for k, (result, error) in zip(calls, results):
+            if result is None:
+                continue
+            text = result.text.strip()
+            reason = "cut off (max_tokens)" if result.finish_reason == "length" else screen.reason(text)
+            if not reason and not dedup.add(text):
+                reason = "duplicate"
+            verdicts[k] = {"reason": reason}
+        to_reply = [k for k, v in verdicts.items() if not v["reason"]] if c.screen_by_reply else []
+        for k, verdict in zip(to_reply, pool.map(lambda k: syn.screen_reply(results[calls.index(k)][0].text.strip(), k),
+                                                 to_reply)):
+            verdicts[k] = verdict
         new_total = 0
         for k, (result, error) in zip(calls, results):
             accepted, rejected = [], []
-            text = result.text.strip() if result else ""
             if result is not None:
-                reason = "cut off (max_tokens)" if result.finish_reason == "length" else screen.reason(text)
-                if not reason and len(inputs) >= c.num_inputs:
-                    reason = "over --num-inputs"
-                if not reason and not dedup.add(text):
-                    reason = "duplicate"
+                text, verdict = result.text.strip(), verdicts[k]
+                reason = verdict["reason"] or ("over --num-inputs" if len(inputs) >= c.num_inputs else "")
                 if reason:
-                    rejected.append({"input": text, "reason": reason})
+                    rejected.append({"input": text, "reason": reason, **({"reply": verdict["reply"]} if "reply" in verdict else {})})
                 else:
                     index = len(inputs)
-                    accepted.append({"id": stable_id(prompt.hash, "input", index), "index": index, "input": text})
+                    row = {"id": stable_id(prompt.hash, "input", index), "index": index, "input": text}
+                    if "reply" in verdict:
+                        row["reply"] = verdict["reply"]
+                        syn.first_replies[text] = verdict["reply"]
+                    accepted.append(row)
                     inputs.append(text)
             store.append_input_call({"call": k, "raw": result.text if result else "",
                                      "finish_reason": result.finish_reason if result else "",

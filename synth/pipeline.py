@@ -25,6 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from genpi import __version__
 from genpi.config import SynthConfig
@@ -34,6 +35,7 @@ from genpi.progress import make_console, progress
 from genpi.prompt import AgentPrompt, load_prompt
 from genpi.synth import episodes, roles
 from genpi.synth.client import ChatClient, ChatResult, OpenAIChatClient, public_url
+from genpi.synth.diversity import diversity
 from genpi.synth.inputs import gather_inputs, rejection_counts
 from genpi.synth.store import RunInfo, RunStore, stable_id
 
@@ -84,14 +86,18 @@ class Synthesizer:
     side: ThreadPoolExecutor | None = None  # AS-IS and reason calls of records in flight (see `record`)
     sandbox_backend: str = ""  # with --env sandbox: the backend checked at the start of the run
     env_opener: str = ""  # how the prompt's environment replies begin (see genpi.synth.episodes.environment_openers)
+    checker: Callable[[str], tuple] | None = None  # --checker, loaded: the first reply to a proposed input must pass it
+    first_replies: dict = field(default_factory=dict)  # input -> the screened first reply ({text, finish_reason, regenerated})
 
     def _seed(self, *parts) -> int:
         return int(stable_id(self.config.seed, *parts), 16) % (2**31)
 
-    def _chat(self, messages, model, temperature, *parts, stop=None, max_tokens=None) -> ChatResult:
+    def _chat(self, messages, model, temperature, *parts, stop=None, max_tokens=None, continue_final=False) -> ChatResult:
         if self.stopped.is_set():
             raise InterruptedError("the run was interrupted")
         kwargs = {"stop": stop} if stop else {}
+        if continue_final:  # only then: clients written before it need not know the argument
+            kwargs["continue_final"] = True
         r = self.client.chat(messages, model=model, temperature=temperature, max_tokens=max_tokens or self.config.max_new_tokens,
                              seed=self._seed(*parts), **kwargs)
         self.usage.add(r)
@@ -103,16 +109,50 @@ class Synthesizer:
 
     def propose_input(self, call: int, examples: list[str]) -> tuple[ChatResult | None, str]:
         """``(result, error)`` of one proposal by the model playing the user; a failed call keeps its error."""
-        messages = roles.user_messages(self.prompt, examples)
+        sampler = self.config.input_sampler
+        magpie = sampler == "magpie" or (sampler == "both" and call % 2 == 1)
+        messages = roles.open_user_turn(self.prompt) if magpie else roles.user_messages(self.prompt, examples)
         try:
             # A request is a sentence or two: a proposal that runs on is cut at 128 tokens and rejected.
             max_tokens = min(self.config.max_new_tokens, 128)
             return self._chat(messages, self.models.synth, self.config.inputs_temperature, "input", call,
-                              max_tokens=max_tokens), ""
+                              max_tokens=max_tokens, continue_final=magpie), ""
         except UserError:
             raise
         except Exception as e:
             return None, f"{type(e).__name__}: {e}"
+
+    def agent_turn(self, messages: list[dict], *parts) -> tuple[ChatResult, bool]:
+        """``(reply, regenerated)``: the agent's turn; one cut off at ``--max-new-tokens`` is made once more with
+        ``--regenerate-max-new-tokens`` (a cut-off turn is never trained on, so it would be lost)."""
+        c = self.config
+        r = self._chat(messages, self.models.agent, c.agent_temperature, *parts, stop=self.stops["agent"])
+        if r.finish_reason != "length":
+            return r, False
+        budget = c.regenerate_max_new_tokens or 2 * c.max_new_tokens
+        return self._chat(messages, self.models.agent, c.agent_temperature, *parts, "regenerated", stop=self.stops["agent"],
+                          max_tokens=budget), True
+
+    def screen_reply(self, text: str, call: int) -> dict:
+        """The verdict on a proposed input by the prompted agent's first reply: ``{reason, reply}``, the reason ""
+        when the reply is whole (not cut off after a regeneration, not empty) and passes ``--checker``."""
+        try:
+            r, regenerated = self.agent_turn(roles.agent_messages(self.prompt, [{"role": "user", "content": text}]),
+                                             "screen", call)
+        except UserError:
+            raise
+        except Exception as e:  # the input is not kept; the error is
+            return {"reason": "reply failed", "reply": {"error": f"{type(e).__name__}: {e}"}}
+        reply = {"text": r.text, "finish_reason": r.finish_reason, "regenerated": regenerated}
+        if r.finish_reason == "length":
+            return {"reason": "reply cut off", "reply": reply}
+        if not r.text.replace(self.config.end_marker, "").strip():
+            return {"reason": "reply empty", "reply": reply}
+        if self.checker is not None:
+            ok, why = self.checker(r.text)
+            if not ok:
+                return {"reason": "reply fails the checker", "reply": {**reply, "check": why}}
+        return {"reason": "", "reply": reply}
 
     # --- steps 2-4: one record
 
@@ -125,7 +165,7 @@ class Synthesizer:
         c = self.config
         rec = {"id": record_id, "index": index, "input": user_input, "as_is": "", "to_be": "", "reason": "",
                "dialogue": [{"role": "user", "content": user_input}], "finish": "error",
-               "meta": {"error": "", "env_raw": [], "env": [], "finish_reasons": [], "dropped": []}}
+               "meta": {"error": "", "env_raw": [], "env": [], "finish_reasons": [], "dropped": [], "regenerated": []}}
         try:
             as_is = self._side(lambda: self._chat(roles.as_is_messages(user_input), self.models.agent,
                                                   c.agent_temperature, record_id, "as_is", max_tokens=c.as_is_max_new_tokens))
@@ -177,9 +217,14 @@ class Synthesizer:
         dialogue, meta, c = rec["dialogue"], rec["meta"], self.config
         box = None
         for turn in range(c.max_turns):
-            r = self._chat(roles.agent_messages(self.prompt, dialogue), self.models.agent, c.agent_temperature,
-                           rec["id"], "agent", turn, stop=self.stops["agent"])
+            screened = self.first_replies.get(rec["input"]) if turn == 0 else None
+            if screened:  # the reply the input was screened by: the same messages, made once
+                r, regenerated = ChatResult(screened["text"], finish_reason=screened["finish_reason"]), screened["regenerated"]
+            else:
+                r, regenerated = self.agent_turn(roles.agent_messages(self.prompt, dialogue), rec["id"], "agent", turn)
             meta["finish_reasons"].append(r.finish_reason)
+            if regenerated:
+                meta["regenerated"].append(turn)
             marked = c.end_marker in r.text
             text = r.text.replace(c.end_marker, "").strip() if marked else r.text  # markers never reach training
             if r.finish_reason == "length" or not text.strip():
@@ -258,16 +303,33 @@ def gather_records(syn: Synthesizer, store: RunStore, inputs: list[str], pool, b
     return records, new
 
 
-def counts(records: list[dict], store: RunStore) -> dict:
-    """What became of the inputs and dialogues: written to ``run.json`` and shown in the summary."""
+def is_trainable(record: dict) -> bool:
+    """Whether a record teaches anything: it did not fail and kept at least one agent turn."""
+    return record["finish"] != "error" and any(m["role"] == "assistant" for m in record["dialogue"])
+
+
+def counts(records: list[dict], store: RunStore, requested: int, seconds: float) -> dict:
+    """What became of the inputs and dialogues, and the run's yield: written to ``run.json`` and shown in the
+    summary. ``seconds`` is the run's time over all its invocations."""
     finish = Counter(r["finish"] for r in records)
     dropped = Counter(d["reason"] for r in records for d in (r.get("meta") or {}).get("dropped", []))
-    trainable = sum(1 for r in records if r["finish"] != "error" and len(r["dialogue"]) > 1)
+    trainable = sum(map(is_trainable, records))
+    kept = sum(m["role"] == "assistant" for r in records for m in r["dialogue"])
+    regenerated = sum(len((r.get("meta") or {}).get("regenerated", [])) for r in records)
+    rejected = rejection_counts(store)
+    accepted = [row for call in store.inputs() if call.get("call", -1) >= 0 for row in call.get("accepted", [])]
+    by_reply = sum(v for k, v in rejected.items() if k.startswith("reply "))
+    screened = sum("reply" in row for row in accepted) + by_reply  # inputs whose first reply was looked at
     return {"records": len(records), "trainable": trainable, "finish": {k: finish.get(k, 0) for k in FINISHES},
-            "dropped_agent_turns": dict(dropped),
-            "agent_turns": sum(m["role"] == "assistant" for r in records for m in r["dialogue"]),
+            "dropped_agent_turns": dict(dropped), "agent_turns": kept, "regenerated_agent_turns": regenerated,
             "env_turns": dict(Counter(kind for r in records for kind in (r.get("meta") or {}).get("env", []))),
-            "inputs_rejected": rejection_counts(store)}
+            "inputs_rejected": rejected,
+            "yield": {"trainable_share": round(trainable / max(1, requested), 4),
+                      # every agent turn asked for: the kept, the dropped, and the cut-off first tries regenerated
+                      "agent_turns_generated": kept + sum(dropped.values()) + regenerated,
+                      "inputs_screened_by_reply": screened,
+                      "inputs_passing_reply_screen": screened - by_reply,
+                      "seconds_per_trainable_record": round(seconds / trainable, 2) if trainable else None}}
 
 
 def summary_table(n: dict, requested: int, new: int, usage: Usage, elapsed: float, retries: int,
@@ -282,13 +344,23 @@ def summary_table(n: dict, requested: int, new: int, usage: Usage, elapsed: floa
     if rejected:
         top = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])[:4])
         table.add_row("inputs rejected", f"{sum(rejected.values())} ({top})")
+    y, d = n["yield"], n["inputs_diversity"]
+    if d["nearest_neighbour_similarity"] is not None:
+        table.add_row("inputs: distinct-1 / distinct-2 / nearest-neighbour similarity",
+                      f"{d['distinct_1']:.2f} / {d['distinct_2']:.2f} / {d['nearest_neighbour_similarity']:.2f}")
+    if y["inputs_screened_by_reply"]:
+        passed, screened = y["inputs_passing_reply_screen"], y["inputs_screened_by_reply"]
+        table.add_row("inputs passing the reply screen", f"{passed} / {screened} ({passed / screened:.0%})")
     if not inputs_only:
-        table.add_row("records", f"{n['records']} / {requested} ({new} new, {n['trainable']} with an agent turn)")
-        for reason in FINISHES:
-            table.add_row(f"finish: {reason}", str(n["finish"].get(reason, 0)))
+        table.add_row("records", f"{n['records']} / {requested} ({new} new)")
+        table.add_row("trainable records / requested", f"{n['trainable']} / {requested} ({y['trainable_share']:.0%})")
+        table.add_row("finish: end / max_turns / truncated / empty / error", " / ".join(str(n["finish"].get(k, 0)) for k in FINISHES))
         dropped = n["dropped_agent_turns"]
-        table.add_row("agent turns kept / dropped", f"{n['agent_turns']} / {sum(dropped.values())}"
-                      + (f" ({', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else ""))
+        table.add_row("agent turns kept / generated", f"{n['agent_turns']} / {y['agent_turns_generated']}"
+                      + (f" (dropped: {', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else ""))
+        table.add_row("agent turns regenerated after a cut-off", str(n["regenerated_agent_turns"]))
+        if y["seconds_per_trainable_record"] is not None:
+            table.add_row("seconds per trainable record", f"{y['seconds_per_trainable_record']:.1f}")
         env = n.get("env_turns") or {}
         if env.get("sandbox"):
             table.add_row("environment turns: sandbox / simulated", f"{env['sandbox']} / {env.get('simulated', 0)}")
@@ -327,6 +399,8 @@ def dry_run(prompt: AgentPrompt, config: SynthConfig, seeds: list[str]) -> None:
     gold = [ep.task for ep in episodes.episodes(prompt) if ep.task] + seeds
     views = {
         "1. inputs (synth model playing the user)": roles.user_messages(prompt, pick_examples(gold, [], 0, config.seed)),
+        **({"1'. inputs, Magpie-style (the last user turn is continued)": roles.open_user_turn(prompt)}
+           if config.input_sampler != "roleswap" else {}),
         "2a. AS-IS (agent, student view: no prompt)": roles.as_is_messages(sample),
         "2b. TO-BE / dialogue turn 1 (agent, teacher view)": roles.agent_messages(prompt, dialogue[:1]),
         "3. environment turn 1 (role swap)": roles.environment_messages(prompt, dialogue, config.end_marker),
@@ -349,6 +423,11 @@ def dry_run(prompt: AgentPrompt, config: SynthConfig, seeds: list[str]) -> None:
                       "answered by the model as in 3.", markup=False, highlight=False)
     else:
         console.print("simulated: the model answers every agent turn as in 3.", markup=False, highlight=False)
+    console.rule("input screen")
+    console.print(("a proposed input is kept only if the agent's reply in 2b is whole (a reply cut off at "
+                   f"{config.max_new_tokens} tokens is made again with {config.regenerate_max_new_tokens or 2 * config.max_new_tokens})"
+                   + (f" and passes {config.checker}" if config.checker else "") + "; that reply is the dialogue's first turn")
+                  if config.screen_by_reply else "by its text only (--no-screen-by-reply)", markup=False, highlight=False)
     console.rule("end of a dialogue")
     console.print(f"an agent turn whose last line matches {pattern!r}" if pattern else "no end pattern",
                   f"or an environment reply with {config.end_marker!r}; at most {config.max_turns} agent turns",
@@ -363,6 +442,16 @@ def excluded_inputs(run_dir: str) -> list[str]:
     if not store.run_file.exists():
         raise UserError(f"--exclude-run {run_dir} is not a synthesis run (no run.json): pass the --out of `genpi synth`")
     return [row["input"] for call in store.inputs() for row in call["accepted"]]
+
+
+def load_checker(spec: str):
+    """``--checker`` as a callable returning ``(ok, reason)``, or None; a bad spec is a one-line error now."""
+    if not spec:
+        return None
+    # The checker format is owned by genpi.eval.checkers (it imports nothing above genpi.errors).
+    from genpi.eval.checkers import get_checker
+
+    return get_checker(spec)
 
 
 def read_seeds(path: str) -> list[str]:
@@ -401,6 +490,7 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
 
         backend = check_available(config.sandbox_backend)  # a one-line error now, before the run directory exists
     seeds = read_seeds(config.seed_inputs)
+    checker = load_checker(config.checker)
     if config.dry_run:
         dry_run(prompt, config, seeds)
         return Path(config.out)
@@ -430,7 +520,7 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
                                       retries=config.retries)
         models = Roles(agent=served, env=config.env_model or served, synth=config.synth_model or served)
         syn = Synthesizer(prompt, config, client, models, end_pattern=end_pattern, stops=episodes.stop_strings(prompt),
-                          sandbox_backend=backend, env_opener=episodes.environment_opener(prompt))
+                          sandbox_backend=backend, env_opener=episodes.environment_opener(prompt), checker=checker)
         info = dataclasses.replace(
             info, genpi_version=__version__, prompt_path=str(config.prompt), prompt_hash=prompt.hash,
             prompt=prompt.to_dict(), endpoint=endpoint, models=asdict(models), end_pattern=end_pattern,
@@ -446,11 +536,11 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
         elapsed = time.monotonic() - start
 
     retries = getattr(client, "retry_count", 0)
-    n = counts(records, store)
-    n = info.counts = {"inputs": len(inputs), **n}
     info.runs.append({"new_records": new, "seconds": round(elapsed, 2), "calls": syn.usage.calls, "retries": retries,
                  "prompt_tokens": syn.usage.prompt_tokens, "cached_prompt_tokens": syn.usage.cached_tokens,
                  "completion_tokens": syn.usage.completion_tokens})
+    n = counts(records, store, config.num_inputs, sum(r["seconds"] for r in info.runs))
+    n = info.counts = {"inputs": len(inputs), "inputs_diversity": diversity(inputs), **n}
     store.write_info(info)
     console.print(summary_table(n, config.num_inputs, new, syn.usage, elapsed, retries, config.inputs_only))
     if len(inputs) < config.num_inputs:

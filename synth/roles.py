@@ -4,7 +4,8 @@ and the synth model writing reasons.
 The role swap: the user and the environment are models given the *other* side of the conversation, so that a
 small model continues a pattern instead of following instructions about one.
 
-* **Inputs**: the model plays the user. Its earlier "own" turns are requests the agent has received (the tasks of
+* **Inputs**: the model plays the user (role swap), or continues an open user turn after the prompt (Magpie style,
+  :func:`open_user_turn`). In the role swap its earlier "own" turns are requests the agent has received (the tasks of
   the prompt's demonstrations, seed inputs, inputs accepted so far), each after the same short question; it
   answers the question once more with a new request.
 * **Environment**: for a transcript prompt, the first demonstration episode is replayed with the roles inverted
@@ -58,6 +59,13 @@ def user_messages(prompt: AgentPrompt, examples: list[str]) -> list[dict]:
     for text in examples:
         messages += [{"role": "user", "content": NEXT_REQUEST}, {"role": "assistant", "content": text}]
     return messages + [{"role": "user", "content": NEXT_REQUEST}]
+
+
+def open_user_turn(prompt: AgentPrompt) -> list[dict]:
+    """Magpie-style sampling (Xu et al. 2024, arXiv 2406.08464): the prompt as the agent gets it, then an open user
+    turn (empty, or the transcript's lead-in) that the model continues (``continue_final``): what it writes after the
+    chat template's user header is a user message to this agent."""
+    return prompt.teacher_messages("")[:-1] + [{"role": "user", "content": f"{prompt.input_prefix}\n\n" if prompt.input_prefix else ""}]
 
 
 def agent_messages(prompt: AgentPrompt, dialogue: list[dict]) -> list[dict]:

@@ -43,6 +43,14 @@ def test_quickstart_smoke_report_has_every_system_and_metric(tmp_path, smol_path
     for strategy in ("genpi", "seqkd"):
         meta = json.loads((out / "adapters" / strategy / "genpi.json").read_text())
         assert meta["strategy"] == strategy
+    # The synthesis yield the summary prints, as run.json keeps it: trainable records are those with an agent turn.
+    counts = json.loads((out / "train" / "run.json").read_text())["counts"]
+    records = [json.loads(line) for line in (out / "train" / "records.jsonl").read_text().splitlines()]
+    trainable = sum(r["finish"] != "error" and any(m["role"] == "assistant" for m in r["dialogue"]) for r in records)
+    assert counts["trainable"] == trainable and counts["yield"]["trainable_share"] == trainable / 4
+    assert sum(counts["finish"].values()) == len(records)
+    held = json.loads((out / "heldout" / "run.json").read_text())["counts"]["yield"]
+    assert held["inputs_passing_reply_screen"] <= held["inputs_screened_by_reply"]
 
 
 

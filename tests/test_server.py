@@ -305,3 +305,23 @@ def test_overload_is_answered_503_with_retry_after(smol_path, tmp_path):
             _ask(_client(s), s.model)
         assert e.value.status_code == 503 and int(e.value.response.headers["retry-after"]) >= 1
         assert e.value.body["code"] == "overloaded"
+
+
+def test_continue_final_message_lets_the_model_write_the_user_turn(server):
+    """vLLM's extra parameters: with the final user turn left open, the reply continues that turn (Magpie-style)."""
+    import openai
+
+    client = _client(server)
+    open_user = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "My question is:"}]
+    ask = lambda **kw: client.chat.completions.create(  # noqa: E731
+        model=server.model, max_tokens=24, temperature=0, messages=open_user, **kw)
+    as_assistant = ask()
+    as_user = ask(extra_body={"add_generation_prompt": False, "continue_final_message": True})
+    assert as_user.choices[0].message.content != as_assistant.choices[0].message.content
+    # The continued turn's rendering ends at the open text: its prompt has fewer tokens (no end of turn, no
+    # assistant header) than the one the assistant answers.
+    assert as_user.usage.prompt_tokens < as_assistant.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError, match="continue_final_message"):
+        ask(extra_body={"add_generation_prompt": True, "continue_final_message": True})
+    with pytest.raises(openai.BadRequestError, match="add_generation_prompt must be"):
+        ask(extra_body={"add_generation_prompt": "no"})

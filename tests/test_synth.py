@@ -159,6 +159,15 @@ def test_changed_config_refuses_to_resume(tmp_path):
     assert len(records) == 6
 
 
+@pytest.mark.parametrize("change,key", [({"checker": "json"}, "checker"), ({"screen_by_reply": False}, "screen_by_reply"),
+                                        ({"input_sampler": "both"}, "input_sampler"),
+                                        ({"regenerate_max_new_tokens": 50}, "regenerate_max_new_tokens")])
+def test_a_changed_screen_sampler_or_regeneration_budget_refuses_to_resume(tmp_path, change, key):
+    synthesize(cfg(tmp_path), client=FakeChatClient())
+    with pytest.raises(UserError, match=f"different config \\({key} changed\\)"):
+        synthesize(cfg(tmp_path, **change), client=FakeChatClient())
+
+
 def test_changed_prompt_refuses_to_resume(tmp_path):
     prompt = tmp_path / "p.txt"
     prompt.write_text("You are agent A. Always answer in French, in one short sentence.")
@@ -319,3 +328,13 @@ def test_an_api_key_flag_reaches_no_file(tmp_path):
     for f in (tmp_path / "run").rglob("*"):
         assert secret not in f.read_text(), f.name
     assert "api_key" not in json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+
+
+def test_diversity_is_low_for_repeated_requests_and_high_for_varied_ones():
+    from genpi.synth.diversity import diversity
+
+    same = ["Count the files in /etc.", "Count the files in /etc please.", "Please count the files in /etc."]
+    varied = ["Count the files in /etc.", "Which user owns /srv/data?", "How big is the biggest log under /var/log?"]
+    a, b = diversity(same), diversity(varied)
+    assert a["distinct_2"] < b["distinct_2"] and a["nearest_neighbour_similarity"] > 0.6 > b["nearest_neighbour_similarity"]
+    assert diversity(["one input only"])["nearest_neighbour_similarity"] is None

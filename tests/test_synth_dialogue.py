@@ -92,13 +92,105 @@ def test_a_cut_off_agent_turn_ends_the_dialogue_before_it_and_is_kept_only_in_me
 
 
 def test_a_cut_off_or_empty_first_turn_leaves_a_record_without_agent_turn_or_reason(tmp_path):
+    seeds = tmp_path / "seeds.txt"  # real inputs are not screened: their records are made whatever the reply
+    seeds.write_text("Count the files in /etc.\nHow big is /var/log?\nWhich user owns /srv/data?\n")
     for name, script, finish in (("a", [("Think: I", "length")], "truncated"), ("b", [("  \n", "stop")], "empty")):
-        records = read_records(synthesize(cfg(tmp_path / name), client=ScriptedAgent(script)))
+        records = read_records(synthesize(cfg(tmp_path / name, seed_inputs=str(seeds)), client=ScriptedAgent(script)))
+        assert len(records) == 3
         for r in records:
             assert r["finish"] == finish and r["dialogue"] == [{"role": "user", "content": r["input"]}]
             assert r["to_be"] == "" and r["reason"] == ""
         info = json.loads((tmp_path / name / "run" / "run.json").read_text())
-        assert info["counts"]["trainable"] == 0
+        assert info["counts"]["trainable"] == 0 and info["counts"]["yield"]["trainable_share"] == 0.0
+        assert info["counts"]["yield"]["seconds_per_trainable_record"] is None
+
+
+class BudgetAgent(ScriptedAgent):
+    """An agent whose every turn needs more than 128 tokens: cut off below that budget, whole at or above it."""
+
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None, stop=None, **kw):
+        r = super().chat(messages, model=model, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop)
+        if _role(messages) == "agent" and max_tokens < 200:
+            return ChatResult(r.text[:12], prompt_tokens=100, completion_tokens=max_tokens, finish_reason="length")
+        return r
+
+
+def test_a_cut_off_turn_is_regenerated_with_a_larger_budget_and_the_dialogue_ends(tmp_path):
+    fake = BudgetAgent([BASH_STEP, ("Think: done.\nAct: answer(3)", "stop")])
+    records = read_records(synthesize(cfg(tmp_path, max_new_tokens=128), client=fake))
+    assert len(records) == 3
+    for r in records:
+        assert r["finish"] == "end" and r["to_be"] == BASH_STEP[0]
+        assert r["dialogue"][-1]["content"] == "Think: done.\nAct: answer(3)"
+        assert r["meta"]["regenerated"] == [0, 1] and r["meta"]["dropped"] == []
+    budgets = sorted({c["max_tokens"] for c in fake.calls if _role(c["messages"]) == "agent"})
+    assert budgets == [128, 256]  # twice --max-new-tokens by default
+    counts = json.loads((tmp_path / "run" / "run.json").read_text())["counts"]
+    assert counts["finish"]["end"] == 3 and counts["regenerated_agent_turns"] == 6
+    assert counts["yield"]["trainable_share"] == 1.0
+    assert counts["yield"]["agent_turns_generated"] == counts["agent_turns"] + 6 == 12
+
+
+def test_regenerate_max_new_tokens_sets_the_second_budget_and_a_second_cut_off_is_dropped(tmp_path):
+    fake = BudgetAgent([BASH_STEP])
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("Count the files in /etc.\n")
+    records = read_records(synthesize(cfg(tmp_path, num_inputs=1, seed_inputs=str(seeds), max_new_tokens=64,
+                                          regenerate_max_new_tokens=150), client=fake))
+    assert {c["max_tokens"] for c in fake.calls if _role(c["messages"]) == "agent"} == {64, 150}
+    assert records[0]["finish"] == "truncated" and records[0]["meta"]["regenerated"] == [0]
+
+
+class CheckedAgent(ScriptedAgent):
+    """Follows the bash protocol for requests with an even number in them, and chats for the others."""
+
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None, stop=None, **kw):
+        r = super().chat(messages, model=model, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop)
+        if _role(messages) == "agent" and int(messages[-1]["content"].split("number ")[1].split()[0]) % 2:
+            return ChatResult("Sure, I can look into that for you!", prompt_tokens=100, finish_reason="stop")
+        return r
+
+
+def test_an_input_whose_first_reply_fails_the_checker_is_rejected_by_the_screen(tmp_path):
+    fake = CheckedAgent([("Think: done.\nAct: finish", "stop")])
+    run = synthesize(cfg(tmp_path, num_inputs=4, checker="examples/bash_agent.checks.py:protocol"), client=fake)
+    calls = [json.loads(line) for line in (run / "inputs.jsonl").read_text().splitlines()]
+    rejected = [row for c in calls for row in c["rejected"] if row["reason"] == "reply fails the checker"]
+    accepted = [row for c in calls for row in c["accepted"]]
+    number = lambda text: int(text.split("number ")[1].split()[0])  # noqa: E731
+    assert rejected and all(number(row["input"]) % 2 for row in rejected)
+    assert rejected[0]["reply"]["check"] == "no Think: line"  # the checker's reason is kept with the input
+    assert len(accepted) == 4 and not any(number(row["input"]) % 2 for row in accepted)
+    records = read_records(run)
+    assert all(r["to_be"] == "Think: done.\nAct: finish" for r in records)
+    y = json.loads((run / "run.json").read_text())["counts"]["yield"]
+    assert y["inputs_passing_reply_screen"] == 4 and y["inputs_screened_by_reply"] == 4 + len(rejected)
+
+
+def test_without_the_screen_inputs_are_kept_whatever_the_reply(tmp_path):
+    fake = CheckedAgent([("Think: done.\nAct: finish", "stop")])
+    run = synthesize(cfg(tmp_path, num_inputs=4, screen_by_reply=False), client=fake)
+    calls = [json.loads(line) for line in (run / "inputs.jsonl").read_text().splitlines()]
+    assert not any(row["reason"].startswith("reply") for c in calls for row in c["rejected"])
+    assert json.loads((run / "run.json").read_text())["counts"]["yield"]["inputs_screened_by_reply"] == 0
+
+
+def test_a_bad_checker_is_a_user_error_before_the_run_directory_is_made(tmp_path):
+    with pytest.raises(UserError, match="checker"):
+        synthesize(cfg(tmp_path, checker="nothing.py"), client=FakeChatClient())
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("sampler,continued", [("magpie", {True}), ("both", {True, False}), ("roleswap", {False})])
+def test_magpie_sampling_continues_an_open_user_turn_after_the_prompt(tmp_path, sampler, continued):
+    fake = FakeChatClient()
+    synthesize(cfg(tmp_path, num_inputs=4, input_sampler=sampler, inputs_only=True), client=fake)
+    proposals = [c for c in fake.calls if c["continue_final"] or c["messages"][-1]["content"] == roles.NEXT_REQUEST]
+    assert {c["continue_final"] for c in proposals} == continued
+    for c in proposals:
+        if c["continue_final"]:  # the transcript's demonstrations, then its open user turn with nothing written yet
+            assert c["messages"][:-1] == [dict(m) for m in __import__("genpi.prompt").prompt.load_prompt(BASH).messages]
+            assert c["messages"][-1]["role"] == "user" and c["messages"][-1]["content"].endswith("\n\n")
 
 
 def test_end_markers_never_reach_the_dialogue(tmp_path):
@@ -122,11 +214,15 @@ def test_each_role_gets_its_own_temperature(tmp_path):
 def test_the_summary_counts_reused_prompt_tokens(tmp_path, capsys):
     from rich.console import Console
 
-    synthesize(cfg(tmp_path), client=ScriptedAgent([("Think: done.\nAct: finish", "stop")]), console=Console(width=200))
+    fake = ScriptedAgent([("Think: done.\nAct: finish", "stop")])
+    synthesize(cfg(tmp_path), client=fake, console=Console(width=200))
     out = capsys.readouterr().out
     assert "prompt tokens computed / reused" in out
     run = json.loads((tmp_path / "run" / "run.json").read_text())["runs"][-1]
-    assert run["cached_prompt_tokens"] == 90 * 3  # one agent turn per record, as the fake server reported it
+    agent_calls = sum(_role(c["messages"]) == "agent" for c in fake.calls)
+    assert run["cached_prompt_tokens"] == 90 * agent_calls  # as the fake server reported it
+    # Each record's first agent turn is the reply its input was screened by: one agent call per proposal screened.
+    assert agent_calls == json.loads((tmp_path / "run" / "run.json").read_text())["counts"]["yield"]["inputs_screened_by_reply"] + 1
 
 
 @pytest.mark.parametrize("key", ["agent_temperature", "env_temperature", "inputs_temperature", "reason_temperature"])
@@ -158,8 +254,19 @@ def test_inputs_only_makes_a_held_out_set_without_records(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "│ inputs " in out and "5 / 5" in out and "records" not in out  # not "0 / 5 records"
     assert not (tmp_path / "run" / "records.jsonl").exists()
-    assert {_role(c["messages"]) for c in fake.calls} == {"input"}
+    assert {_role(c["messages"]) for c in fake.calls} == {"input", "agent"}  # the agent's first replies screen them
     held = load_heldout(tmp_path / "run")
     assert len(held.items) == 5 and all(it.input and not it.dialogue for it in held.items)
     records = read_records(synthesize(cfg(tmp_path, num_inputs=5), client=FakeChatClient()))  # now with records
     assert sorted(r["input"] for r in records) == sorted(it.input for it in held.items)
+
+
+def test_a_resumed_run_takes_the_first_turn_from_the_stored_screened_reply(tmp_path):
+    script = [BASH_STEP, ("Think: done.\nAct: answer(3)", "stop")]
+    synthesize(cfg(tmp_path, inputs_only=True), client=ScriptedAgent(script))  # inputs and their screened replies
+    fake = ScriptedAgent(script)
+    records = read_records(synthesize(cfg(tmp_path), client=fake))  # the same run, now with its records
+    first_turn_calls = [c for c in fake.calls if _role(c["messages"]) == "agent"
+                        and sum(m["role"] == "assistant" for m in c["messages"]) == _demo_turns(c["messages"])]
+    assert first_turn_calls == [] and not any(_role(c["messages"]) == "input" for c in fake.calls)
+    assert len(records) == 3 and all(r["to_be"] == BASH_STEP[0] and r["finish"] == "end" for r in records)

@@ -97,6 +97,10 @@ def test_examples_mix_demonstrated_tasks_seeds_and_accepted_inputs_and_differ_pe
     (SUPPORT, "Hi, how are you doing today friend?", ""),  # a greeting with words after it is a (poor) request, not rejected here
     (SUPPORT, "As an AI language model, I cannot book tickets.", "assistant talk"),
     (SUPPORT, '{"category": "delays", "priority": "low"}', "the agent's reply"),
+    (BASH, "You can delete the old logs with the following command.", "the agent's voice"),
+    (BASH, "I'm afraid I'm unable to run commands on your machine.", "the agent's voice"),
+    (SUPPORT, "Unfortunately the refund window has closed for this ticket.", "the agent's voice"),
+    (SUPPORT, "Thank you for contacting us about your delayed train.", "the agent's voice"),
 ])
 def test_screen_rejects_what_is_not_a_request_with_a_reason(path, text, reason):
     assert Screen(load_prompt(path)).reason(text) == reason
@@ -111,6 +115,8 @@ def test_screen_rejects_what_is_not_a_request_with_a_reason(path, text, reason):
     (f"{PROMPTS}/tone_rewriter.txt", "Dear Mr Lee, we cant do the meeting on friday, lets move it to monday 10am. Thx, Ana"),
     (f"{PROMPTS}/calendar_tools.json", "Cancel my dentist slot and book a 1 hour review with Ola tomorrow."),
     (f"{PROMPTS}/ticket_triage.txt", "Push notifications arrive two hours late on my iPhone 13."),
+    (BASH, "You said the disk was full, but df shows 40% free: which directory is big?"),  # "you" later is fine
+    (SUPPORT, "I can't find my ticket in the app, where did it go?"),  # "I can't" about the user's own trouble
 ])
 def test_screen_accepts_real_requests_for_prompts_of_every_kind(path, text):
     assert Screen(load_prompt(path)).reason(text) == ""

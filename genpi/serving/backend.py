@@ -179,7 +179,8 @@ class Backend:
                            f"retry in {retry} s", code="overloaded", retry_after=retry)
         with s.lock:
             text = s.tokenizer.apply_chat_template([*s.context, *params.messages], tokenize=False,
-                                                   add_generation_prompt=True)
+                                                   add_generation_prompt=params.add_generation_prompt,
+                                                   continue_final_message=params.continue_final_message)
             ids = s.tokenizer(text, add_special_tokens=False)["input_ids"]
         room = s.engine.max_context - len(ids)
         if room < 1:

@@ -49,6 +49,8 @@ class ChatParams:
     top_logprobs: int = 0
     stream: bool = False
     include_usage: bool = False
+    add_generation_prompt: bool = True  # vLLM's: open the assistant's turn after the messages
+    continue_final_message: bool = False  # vLLM's: leave the final message open and continue it
 
 
 def _number(body: dict, key: str, low: float, high: float) -> float | None:
@@ -101,12 +103,20 @@ def parse_chat(body) -> ChatParams:
     if options and not stream:
         raise APIError(400, "stream_options needs stream: true", "stream_options")
     max_tokens = _integer(body, "max_completion_tokens", 1)
+    generation_prompt, continue_final = body.get("add_generation_prompt", True), body.get("continue_final_message", False)
+    for key, value in (("add_generation_prompt", generation_prompt), ("continue_final_message", continue_final)):
+        if not isinstance(value, bool):
+            raise APIError(400, f"{key} must be true or false", key)
+    if generation_prompt and continue_final:
+        raise APIError(400, "continue_final_message needs add_generation_prompt false: the final message is "
+                            "continued, no new turn is opened", "continue_final_message")
     return ChatParams(
         model=body["model"], messages=[{"role": m["role"], "content": m["content"]} for m in messages],
         max_tokens=max_tokens if max_tokens is not None else _integer(body, "max_tokens", 1),
         temperature=_number(body, "temperature", 0, 2), top_p=_number(body, "top_p", 0, 1),
         seed=_integer(body, "seed", -(2**63)), stop=stop, n=_integer(body, "n", 1, 128) or 1,
-        logprobs=logprobs, top_logprobs=top or 0, stream=stream, include_usage=bool(options.get("include_usage")))
+        logprobs=logprobs, top_logprobs=top or 0, stream=stream, include_usage=bool(options.get("include_usage")),
+        add_generation_prompt=generation_prompt, continue_final_message=continue_final)
 
 
 def completion_id() -> str:

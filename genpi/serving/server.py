@@ -9,7 +9,8 @@ many of a request's prompt tokens were reused.
 
 Supported: ``messages``, ``model``, ``max_tokens`` / ``max_completion_tokens``, ``temperature``, ``top_p``,
 ``seed``, ``stop``, ``n``, ``logprobs`` / ``top_logprobs``, ``stream`` with ``stream_options.include_usage``
-(server-sent events); what else would change the reply's shape (``tools``, ``response_format``, ...) is refused
+(server-sent events), and vLLM's ``add_generation_prompt`` / ``continue_final_message`` (leave the final message
+open and continue it: with an open user turn the model writes the user's message); what else would change the reply's shape (``tools``, ``response_format``, ...) is refused
 with a 400 rather than ignored (:mod:`genpi.serving.protocol`). Omitted sampling settings come from the model's
 generation config, as vLLM does. A client that disconnects has its request cancelled in the engine; past
 ``max_waiting`` queued requests a model answers 503 with ``Retry-After``. Each request is logged on one line with
