@@ -1,6 +1,6 @@
 """Action agreement: does a system *do* what the prompted teacher does, not only write in its format?
 
-A checker may name what a passing reply does (genpi.eval.checkers, ``Check.action``). On every held-out input where
+A checker may name what a passing reply does (genpi.checkers, ``Check.action``). On every held-out input where
 the teacher's reply has an action, a system agrees when its own reply's action is the same:
 
 * ``action``: every named field equal (for the bash example: the action and its command or answer);

@@ -36,7 +36,7 @@ from genpi.eval import cost as cost_
 from genpi.eval.actions import action_scores, execution_agreement
 from genpi.eval.baselines import (constant_systems, format_only, near_duplicates, teacher_replies,
                                   training_targets)
-from genpi.eval.checkers import get_checker
+from genpi.checkers import get_checker
 from genpi.eval.fidelity import teacher_forced
 from genpi.eval.heldout import HeldOut, HeldOutItem, check_overlap, load_heldout, training_records
 from genpi.eval.metrics import exact_match, mean, rouge_l

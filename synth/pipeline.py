@@ -448,8 +448,7 @@ def load_checker(spec: str):
     """``--checker`` as a callable returning ``(ok, reason)``, or None; a bad spec is a one-line error now."""
     if not spec:
         return None
-    # The checker format is owned by genpi.eval.checkers (it imports nothing above genpi.errors).
-    from genpi.eval.checkers import get_checker
+    from genpi.checkers import get_checker  # the checker format synthesis and evaluation share
 
     return get_checker(spec)
 

@@ -9,7 +9,7 @@ import pytest
 from genpi.errors import UserError
 from genpi.eval.actions import action_scores
 from genpi.eval.baselines import constant_systems, format_only, most_frequent, near_duplicates
-from genpi.eval.checkers import Check, get_checker
+from genpi.checkers import Check, get_checker
 from genpi.eval.report import behaviour_notes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

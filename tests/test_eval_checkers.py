@@ -7,7 +7,7 @@ import pytest
 
 from genpi.cli import main
 from genpi.errors import UserError
-from genpi.eval.checkers import Check, get_checker
+from genpi.checkers import Check, get_checker
 from genpi.prompt import load_prompt
 from eval_fixtures import BASH_PROMPT
 
@@ -178,7 +178,7 @@ def test_schema_reason_holds_no_value_of_the_reply(invoice_checker):
 # --- FILE.py:FUNCTION and Python callables
 
 CHECKS_PY = '''
-from genpi.eval.checkers import Check
+from genpi.checkers import Check
 
 LIMIT = 3
 
