@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--num-inputs", type=int, default=SYNTH.num_inputs, help="inputs synthesized for training")
     ap.add_argument("--ablation", default=",".join(ABLATION), help="comma list of the ablation's systems to train "
                     f"(of {', '.join(ABLATION)})")
+    ap.add_argument("--ablation-records", type=int, default=ABLATION_RECORDS, help="records the ablation trains on")
     ap.add_argument("--onpolicy", action="store_true", help="also train on-policy distillation alone")
     ap.add_argument("--smoke", action="store_true", help="the CI size")
     args = ap.parse_args(argv)
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> Path:
     checker = args.checker if args.checker is not None else ("" if args.prompt != SYNTH.prompt else EVAL.checker)
     synth, heldout, tcfg = dataclasses.replace(SYNTH, num_inputs=args.num_inputs), HELDOUT, TRAIN
     ecfg = dataclasses.replace(EVAL, prompt=args.prompt, checker=checker)
-    scaling, ablation_records = tuple(int(n) for n in args.scaling.split(",") if n.strip()), ABLATION_RECORDS
+    scaling = tuple(int(n) for n in args.scaling.split(",") if n.strip())
+    ablation_records = args.ablation_records
     chosen = [a.strip() for a in args.ablation.split(",") if a.strip()]
     unknown = sorted(set(chosen) - set(ABLATION))
     if unknown or "genpi" not in chosen:
