@@ -302,8 +302,10 @@ class Sandbox:
             raise SandboxError(f"bwrap could not start a sandbox: {self._stderr() or repr(info)}") from e
 
     def _start_unshare(self, output: int) -> None:
-        builder = Path(__file__).with_name("sandbox_unshare.py")
-        args = [sys.executable, "-I", str(builder), str(os.getpid()), str(SANDBOX_UID if os.geteuid() == 0 else -1),
+        # the builder imports the same genpi and pyseccomp as this process (-I: nothing from the environment)
+        builder = (f"import sys; sys.path[:] = {[p for p in sys.path if p]!r}; "
+                   "from genpi.sandbox_unshare import main; main(sys.argv[1:])")
+        args = [sys.executable, "-I", "-c", builder, str(os.getpid()), str(SANDBOX_UID if os.geteuid() == 0 else -1),
                 str(self.limits.disk_mb), str(ETC_MB), str(SHM_MB), _tool("setpriv"),
                 *init_args(self.limits, output, None)]
         for tool in ("mount", "pivot_root", "cp"):

@@ -1,6 +1,6 @@
 """The unshare backend's builder: a fresh process that makes one sandbox and becomes its holder.
 
-genpi.sandbox runs it as ``python -I sandbox_unshare.py PARENT UID DISK_MB ETC_MB SHM_MB SETPRIV INIT...``. It
+genpi.sandbox runs its :func:`main` in ``python -I`` with ``PARENT UID DISK_MB ETC_MB SHM_MB SETPRIV INIT...``. It
 drops to ``UID`` (as root), makes new user, mount, PID, network, IPC and UTS namespaces with ``unshare(2)``, and
 forks the sandbox's PID 1, which mounts the root with util-linux's tools (:data:`SETUP`, while the host's tree is
 still visible and nothing of the sandbox's has run), loads the seccomp filter and executes the init through
@@ -109,6 +109,3 @@ def main(argv: list[str]) -> None:
     os.execve(setpriv, [setpriv, "--bounding-set=-all,+setpcap", "--inh-caps=-all", "--ambient-caps=-all", "--",
                         *init], ACTION_ENV)
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
