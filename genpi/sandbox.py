@@ -263,8 +263,7 @@ class Sandbox:
             if self.backend == "bwrap":
                 self._start_bwrap(seccomp.bpf(), write)
             else:
-                seccomp.build()  # fails here, with the reason, where libseccomp is missing
-                self._start_unshare(write)
+                self._start_unshare(seccomp.bpf(), write)
             if self._read_status() != "ready":
                 raise SandboxError(f"{self.backend} could not start a sandbox: {self._stderr() or 'no output'}")
             if not self._init_pid:  # the unshare builder's only child
@@ -301,16 +300,18 @@ class Sandbox:
         except (ValueError, KeyError) as e:
             raise SandboxError(f"bwrap could not start a sandbox: {self._stderr() or repr(info)}") from e
 
-    def _start_unshare(self, output: int) -> None:
-        # the builder imports the same genpi and pyseccomp as this process (-I: nothing from the environment)
-        builder = (f"import sys; sys.path[:] = {[p for p in sys.path if p]!r}; "
-                   "from genpi.sandbox_unshare import main; main(sys.argv[1:])")
-        args = [sys.executable, "-I", "-c", builder, str(os.getpid()), str(SANDBOX_UID if os.geteuid() == 0 else -1),
+    def _start_unshare(self, bpf: bytes, output: int) -> None:
+        # the builder imports this genpi and the standard library it runs on (-I -S: nothing from the environment)
+        path = [str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if p)]
+        builder = f"import sys; sys.path[:] = {path!r}; from genpi.sandbox_unshare import main; main(sys.argv[1:])"
+        args = [sys.executable, "-I", "-S", "-c", builder, str(os.getpid()), str(SANDBOX_UID if os.geteuid() == 0 else -1),
                 str(self.limits.disk_mb), str(ETC_MB), str(SHM_MB), _tool("setpriv"),
                 *init_args(self.limits, output, None)]
         for tool in ("mount", "pivot_root", "cp"):
             _tool(tool)  # the builder's setup runs them: a missing one is a reason, found here
         self._holder = self._spawn(args, pass_fds=(output,))
+        self._holder.stdin.write(len(bpf).to_bytes(4, "little") + bpf)
+        self._holder.stdin.flush()
 
     def _spawn(self, args: list[str], pass_fds=()) -> subprocess.Popen:
         return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -1,6 +1,7 @@
 """The unshare backend's builder: a fresh process that makes one sandbox and becomes its holder.
 
-genpi.sandbox runs its :func:`main` in ``python -I`` with ``PARENT UID DISK_MB ETC_MB SHM_MB SETPRIV INIT...``. It
+genpi.sandbox runs its :func:`main` in ``python -I -S`` with ``PARENT UID DISK_MB ETC_MB SHM_MB SETPRIV INIT...``
+and the seccomp program (:func:`genpi.seccomp.bpf`) on stdin, followed by the commands for the init. It
 drops to ``UID`` (as root), makes new user, mount, PID, network, IPC and UTS namespaces with ``unshare(2)``, and
 forks the sandbox's PID 1, which mounts the root with util-linux's tools (:data:`SETUP`, while the host's tree is
 still visible and nothing of the sandbox's has run), loads the seccomp filter and executes the init through
@@ -33,11 +34,18 @@ mount -t tmpfs -o "size=${DISK}m,mode=0755" genpi-sandbox /tmp
 cd /tmp
 mkdir -p usr etc root proc dev %(dirs)s
 chmod 0700 root; chmod 1777 tmp var/tmp
+robind() {  # $1 (a host directory) on $2, with every mount under it, each read-only (keeping its locked flags)
+  mount --rbind "$1" "$2"
+  t=$(cd "$2" && pwd -P); mounts=$(cat /proc/self/mountinfo)
+  printf '%%s\n' "$mounts" | while read -r _ _ _ _ m o _; do
+    o=${o#rw}; o=${o#,}
+    case "$m" in "$t"|"$t"/*) mount -o "remount,bind,ro,nosuid,nodev${o:+,$o}" "$m";; esac
+  done
+}
 for d in %(top)s; do
-  if [ -d "/$d" ]; then mkdir "$d"; mount --bind "/$d" "$d"; mount -o remount,bind,ro,nosuid,nodev "$d"; fi
+  if [ -d "/$d" ]; then mkdir "$d"; robind "/$d" "$d"; fi
 done
-mount --bind /usr usr
-mount -o remount,bind,ro,nosuid,nodev usr
+robind /usr usr
 mount -t tmpfs -o "size=${ETC}m,mode=0755" genpi-etc etc
 cp -RP --preserve=mode,links,timestamps /etc/. etc/ 2>/dev/null || true
 rm -f etc/ld.so.preload; : > etc/ld.so.preload
@@ -76,7 +84,10 @@ def _die_with_parent(parent: int) -> None:
 
 def main(argv: list[str]) -> None:
     parent, uid, disk_mb, etc_mb, shm_mb, setpriv, *init = argv
-    flt = seccomp.build()  # libseccomp is loaded now: the sandbox's root has no copy of it
+    size = int.from_bytes(os.read(0, 4), "little")
+    program = b""
+    while len(program) < size:  # read exactly the program: what follows on stdin is the init's
+        program += os.read(0, size - len(program))
     uid = int(uid)
     if uid >= 0:
         os.setgroups([])
@@ -105,7 +116,7 @@ def main(argv: list[str]) -> None:
         os._exit(1)
     os.chdir("/")
     _check(_libc.sethostname(b"sandbox", 7), "sethostname")
-    flt.load()  # libseccomp sets no_new_privs first (its default SCMP_FLTATR_CTL_NNP)
+    seccomp.load(program)
     os.execve(setpriv, [setpriv, "--bounding-set=-all,+setpcap", "--inh-caps=-all", "--ambient-caps=-all", "--",
                         *init], ACTION_ENV)
 

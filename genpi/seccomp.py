@@ -1,14 +1,15 @@
 """The seccomp filter every sandbox process runs under: the system calls that change namespaces, mounts, other
 processes' memory or the kernel itself fail with ``EPERM``; everything else is allowed.
 
-The filter is compiled by libseccomp (through the ``pyseccomp`` binding): bubblewrap loads it from the BPF that
-:func:`bpf` exports (``bwrap --seccomp FD``), and the unshare backend's builder loads the same rules itself
-(:func:`build`, then ``load()``) just before it executes the sandbox's init. System calls of another architecture (32-bit calls from
-a 64-bit process) kill the caller, libseccomp's default for a filter that lists only the native one.
+The filter is compiled once per process by libseccomp (through the ``pyseccomp`` binding) into the BPF program
+:func:`bpf` returns; bubblewrap loads it (``bwrap --seccomp FD``), and the unshare backend's builder loads the same
+bytes with :func:`load` just before it executes the sandbox's init. System calls of another architecture (32-bit
+calls from a 64-bit process) kill the caller, libseccomp's default for a filter that lists only the native one.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 from functools import cache
@@ -68,3 +69,22 @@ def bpf() -> bytes:
         with os.fdopen(write, "wb") as w:
             build().export_bpf(w)  # a few hundred bytes: the pipe holds them
         return r.read()
+
+
+class _SockFprog(ctypes.Structure):  # struct sock_fprog: the program's length in instructions, and the instructions
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+
+
+def load(program: bytes) -> None:
+    """Load ``program`` (what :func:`bpf` returned) into this process, after setting no_new_privs (the kernel's
+    condition for an unprivileged filter); everything the process executes from now on runs under it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))  # 8 bytes per struct sock_filter
+    for args in ((PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0)):
+        if libc.prctl(*args) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl({args[0]}): {os.strerror(err)}")

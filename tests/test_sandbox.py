@@ -187,6 +187,14 @@ def test_memory_and_disk_are_limited(box):
     assert int(action.output.split()[-1]) <= box.limits.disk_mb << 20
 
 
+def test_dev_sys_and_proc_hold_what_docs_sandbox_md_says(box):
+    action = box.run("ls -A /dev | tr '\\n' ' '; echo; ls /sys 2>&1; echo evil 2>/dev/null > /proc/sys/kernel/hostname; hostname;"
+                     " touch /dev/x /proc/x 2>&1 | grep -c 'Read-only\\|No such\\|Permission'")
+    devices, sys_dir, hostname, refused = action.output.splitlines()
+    assert devices.split() == ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "urandom", "zero"]
+    assert "No such file" in sys_dir and hostname == "sandbox" and refused == "2"
+
+
 # --- the attacks of issue 19, each on every backend: each test checks that the attack's effect did not happen
 
 
@@ -369,9 +377,9 @@ def test_a_missing_helper_tool_is_a_reason_not_a_crash(monkeypatch):
     import genpi.sandbox as sandbox
 
     monkeypatch.setattr(sandbox, "_checked", {})
-    monkeypatch.setattr(sandbox, "_setpriv", lambda: ["genpi-no-such-setpriv"])
-    with pytest.raises(SandboxUnavailable, match="cannot run genpi-no-such-setpriv"):
-        check_available(WORKING[0])
+    monkeypatch.setattr(sandbox, "PATH", "/genpi-no-such-dir")  # where the host's tools are looked up
+    with pytest.raises(SandboxUnavailable, match=r"unshare: cannot run setpriv \(No such file"):
+        check_available("unshare")
 
 
 _UNPRIVILEGED = "attack or holds_no_capability or killed_genpi or leaves"  # the tests run again as uid 65534
