@@ -2,7 +2,7 @@
 
 genpi.sandbox runs its :func:`main` in ``python -I -S`` with ``PARENT UID DISK_MB ETC_MB SHM_MB SETPRIV INIT...``
 and the seccomp program (:func:`genpi.seccomp.bpf`) on stdin, followed by the commands for the init. It
-drops to ``UID`` (as root), makes new user, mount, PID, network, IPC and UTS namespaces with ``unshare(2)``, and
+drops to ``UID`` (as root), makes new user, mount, PID, network, IPC, UTS and cgroup namespaces with ``unshare(2)``, and
 forks the sandbox's PID 1, which mounts the root with util-linux's tools (:data:`SETUP`, while the host's tree is
 still visible and nothing of the sandbox's has run), loads the seccomp filter and executes the init through
 ``setpriv`` with no capability but ``CAP_SETPCAP``. Every module it needs is imported before the root changes.
@@ -20,7 +20,7 @@ import sys
 from genpi import seccomp
 from genpi.sandbox import ACTION_ENV, DEVICES, EMPTY_DIRS, PATH, TOP_DIRS
 
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x02000000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
@@ -96,8 +96,8 @@ def main(argv: list[str]) -> None:
         _check(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")  # else /proc/self stays root's
     _die_with_parent(int(parent))  # after the uid change, which clears the parent-death signal
     outer_uid, outer_gid = os.getuid(), os.getgid()
-    _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS),
-           "unshare")
+    _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+                         | CLONE_NEWCGROUP), "unshare")
     _die_with_parent(int(parent))
     for name, text in (("setgroups", "deny"), ("uid_map", f"0 {outer_uid} 1"), ("gid_map", f"0 {outer_gid} 1")):
         with open(f"/proc/self/{name}", "w") as f:
