@@ -15,8 +15,9 @@ The host side only ever writes commands to the init's stdin and reads its status
 it never executes anything inside the sandbox (nothing an action wrote can run with the host's rights), and the
 tools that build the sandbox run by absolute host paths resolved before it exists.
 
-Backends: bubblewrap (``bwrap``) builds the sandbox where it is installed; otherwise the unshare backend does,
-with util-linux's mount tools (:mod:`genpi.sandbox_unshare`). When the process runs as root it first drops to an
+Backends: bubblewrap (``bwrap``) builds the sandbox where it is installed; otherwise the unshare backend does
+(:mod:`genpi.sandbox_unshare`: ``unshare(2)`` and ``mount(2)`` from a fresh Python process, util-linux's
+``pivot_root`` and ``setpriv``). When the process runs as root it first drops to an
 unprivileged host uid (``SANDBOX_UID``), so the sandbox's root is root only inside its namespaces. When neither
 backend can build a sandbox, :func:`check_available` raises a one-line :class:`SandboxUnavailable` that says what
 to install; nothing ever runs unsandboxed. What an action can see and do: docs/SANDBOX.md.
@@ -24,6 +25,7 @@ to install; nothing ever runs unsandboxed. What an action can see and do: docs/S
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -36,17 +38,9 @@ from functools import cache
 from pathlib import Path
 
 from genpi.errors import UserError
+from genpi.sandbox_layout import ACTION_ENV, DEVICES, EMPTY_DIRS, ETC_MB, PATH, SHM_MB, TOP_DIRS
 
 SANDBOX_UID = 2_000_000_000  # the host uid a root caller drops to: no file or process on the host has it
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-TOP_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # the host's, read-only (followed where symlinks)
-DEVICES = ("null", "zero", "full", "random", "urandom")
-EMPTY_DIRS = ("home", "tmp", "var", "var/tmp", "opt", "srv", "mnt", "run")  # plus /root (mode 0700)
-ETC_MB = 16  # the sandbox's /etc: a tmpfs of its own (a mount point cannot be renamed away)
-SHM_MB = 16  # /dev/shm
-# what every action (and the init) starts with: nothing of the caller's (no key reaches a command)
-ACTION_ENV = {"PATH": PATH, "HOME": "/root", "USER": "root", "LOGNAME": "root", "LANG": "C.UTF-8", "TERM": "dumb",
-              "SHELL": "/bin/bash"}
 
 
 class SandboxUnavailable(UserError):
@@ -115,6 +109,7 @@ if [ "$2" != - ]; then
 fi
 ulimit -u "$3" -v "$4" -n "$5" -f "$6" -c 0 -q 0 || exit 1
 trap 'kill -KILL -1 2>/dev/null' USR1
+exec 2>/dev/null  # from here on nobody reads it: a full pipe must never block the init
 echo ready
 while :; do
   IFS= read -r -d '' cmd || { (( $? > 128 )) && continue; exit 0; }
@@ -184,7 +179,7 @@ def _bwrap_args(limits: Limits, info_fd: int, seccomp_fd: int, empty_fd: int, ou
 def backends() -> tuple[str, ...]:
     """The backends installed here, preferred first (whether they can isolate is up to the kernel: see
     :func:`check_available`)."""
-    return tuple(b for b, tool in (("bwrap", "bwrap"), ("unshare", "mount")) if shutil.which(tool, path=PATH))
+    return tuple(b for b, tool in (("bwrap", "bwrap"), ("unshare", "pivot_root")) if shutil.which(tool, path=PATH))
 
 
 _checked: dict[str, str] = {}  # backend -> "" when it started a sandbox here, else the reason it could not
@@ -221,7 +216,7 @@ def _try_backend(backend: str) -> str:
         return "" if action.output.strip() == "ok" else f"{backend}: a test command printed {action.output!r}"
     except (SandboxError, UserError) as e:
         return f"{backend}: {e}"
-    except OSError as e:  # a tool it needs (setpriv, mount, tar) is missing
+    except OSError as e:  # a tool it needs (setpriv, pivot_root, tar) is missing
         return f"{backend}: cannot run {e.filename or 'a tool it needs'} ({e.strerror})"
 
 
@@ -294,8 +289,6 @@ class Sandbox:
             info = f.read(4096)  # bwrap writes {"child-pid": N} and closes the fd once the sandbox runs
         etc.wait()
         try:
-            import json
-
             self._init_pid = int(json.loads(info)["child-pid"])
         except (ValueError, KeyError) as e:
             raise SandboxError(f"bwrap could not start a sandbox: {self._stderr() or repr(info)}") from e
@@ -307,7 +300,7 @@ class Sandbox:
         args = [sys.executable, "-I", "-S", "-c", builder, str(os.getpid()), str(SANDBOX_UID if os.geteuid() == 0 else -1),
                 str(self.limits.disk_mb), str(ETC_MB), str(SHM_MB), _tool("setpriv"),
                 *init_args(self.limits, output, None)]
-        for tool in ("mount", "pivot_root", "cp"):
+        for tool in ("pivot_root", "cp"):
             _tool(tool)  # the builder's setup runs them: a missing one is a reason, found here
         self._holder = self._spawn(args, pass_fds=(output,))
         self._holder.stdin.write(len(bpf).to_bytes(4, "little") + bpf)
