@@ -118,7 +118,7 @@ while :; do
   pid=$!
   while wait "$pid"; code=$?; (( code > 128 )) && kill -0 "$pid" 2>/dev/null; do :; done
   kill -KILL -1 2>/dev/null
-  while p=(/proc/[0-9]*); (( ${#p[@]} > 1 )); do wait 2>/dev/null; done
+  while p=(/proc/[0-9]*); (( ${#p[@]} > 1 )); do kill -KILL -1 2>/dev/null; wait 2>/dev/null; done
   echo "exit $code"
 done
 """
