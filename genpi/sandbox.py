@@ -297,9 +297,9 @@ class Sandbox:
         # the builder imports this genpi and the standard library it runs on (-I -S: nothing from the environment)
         path = [str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if p)]
         builder = f"import sys; sys.path[:] = {path!r}; from genpi.sandbox_unshare import main; main(sys.argv[1:])"
-        args = [sys.executable, "-I", "-S", "-c", builder, str(os.getpid()), str(SANDBOX_UID if os.geteuid() == 0 else -1),
-                str(self.limits.disk_mb), str(ETC_MB), str(SHM_MB), _tool("setpriv"),
-                *init_args(self.limits, output, None)]
+        uid = SANDBOX_UID if os.geteuid() == 0 else -1
+        args = [sys.executable, "-I", "-S", "-c", builder, str(os.getpid()), str(uid), str(self.limits.disk_mb),
+                str(ETC_MB), str(SHM_MB), _tool("setpriv"), *init_args(self.limits, output, None)]
         for tool in ("pivot_root", "cp"):
             _tool(tool)  # the builder's setup runs them: a missing one is a reason, found here
         self._holder = self._spawn(args, pass_fds=(output,))
@@ -359,7 +359,8 @@ class Sandbox:
             if left <= 0 and not (timed_out or over):
                 timed_out = True
                 self._signal_init()
-            ready = select.select([self._output, status_fd], [], [], max(left, 0.05) if not (timed_out or over) else 5.0)[0]
+            wait = 5.0 if timed_out or over else max(left, 0.05)  # once killed: the init's answer
+            ready = select.select([self._output, status_fd], [], [], wait)[0]
             if not ready and (timed_out or over):
                 break  # the init did not answer a kill: the sandbox is closed below
             if self._output in ready:
