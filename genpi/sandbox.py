@@ -325,7 +325,7 @@ class Sandbox:
         fd = self._holder.stdout.fileno()
         while b"\n" not in self._status:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not _ready([fd], left):
                 return ""
             chunk = os.read(fd, 4096)
             if not chunk:
@@ -360,7 +360,7 @@ class Sandbox:
                 timed_out = True
                 self._signal_init()
             wait = 5.0 if timed_out or over else max(left, 0.05)  # once killed: the init's answer
-            ready = select.select([self._output, status_fd], [], [], wait)[0]
+            ready = _ready([self._output, status_fd], wait)
             if not ready and (timed_out or over):
                 break  # the init did not answer a kill: the sandbox is closed below
             if self._output in ready:
@@ -426,6 +426,15 @@ class Sandbox:
         if self._output != -1:
             os.close(self._output)
             self._output = -1
+
+
+def _ready(fds: list[int], seconds: float) -> list[int]:
+    """The fds of ``fds`` that can be read (or are closed) within ``seconds``: poll(2), which, unlike select(2),
+    takes fds above 1024 (an evaluation may hold hundreds of sandboxes open)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(seconds * 1000)]
 
 
 def _int(text: str) -> int | None:

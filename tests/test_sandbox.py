@@ -306,6 +306,24 @@ def test_a_closed_sandbox_leaves_nothing_behind():
         b.run("true")
 
 
+def test_a_process_with_a_thousand_open_files_still_runs_commands():
+    """An evaluation holds many sandboxes and files open: the sandbox's pipes may be numbered above 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        with Sandbox(backend=WORKING[0]) as b:
+            assert b.run("echo fine").output == "fine\n"
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_unknown_backend_is_a_one_line_error():
     with pytest.raises(UserError, match="unknown sandbox backend 'docker': choose auto, bwrap or unshare"):
         check_available("docker")
