@@ -26,7 +26,7 @@ DENIED = (
     "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "bpf", "perf_event_open",
     "keyctl", "add_key", "request_key", "swapon", "swapoff", "reboot", "settimeofday", "clock_settime",
     "clock_adjtime", "adjtimex", "acct", "quotactl", "quotactl_fd", "open_by_handle_at", "name_to_handle_at",
-    "lookup_dcookie", "syslog", "iopl", "ioperm", "uselib", "userfaultfd", "vhangup", "personality",
+    "lookup_dcookie", "syslog", "iopl", "ioperm", "uselib", "userfaultfd", "vhangup",
     "io_uring_setup", "io_uring_enter", "io_uring_register", "fanotify_init",
     # memory the tmpfs sizes and rlimits would not count: SysV IPC, POSIX message queues, memfds
     "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semctl",
