@@ -2,25 +2,31 @@
 
     python benchmarks/sandbox_overhead.py                  # every backend installed here, 30 rounds
     python benchmarks/sandbox_overhead.py --rounds 100 --backend unshare
+    python benchmarks/sandbox_overhead.py --against a4cc35e  # and genpi/sandbox.py of that revision, side by side
 
 Each round runs every command once on the host (``bash -c`` in a child process, the fixed commands below, never a
-model's) and once in one long-lived sandbox per backend, in alternating order, so a drift of a shared machine
-falls on all arms; then starts and closes one fresh sandbox per backend. The table gives medians, the sandbox's
-extra milliseconds per action and its ratio to the host. Absolute figures depend on the machine; the difference
-is the result.
+model's) and once in one long-lived sandbox per arm (a backend, of this tree or of ``--against``'s revision), in
+alternating order, so a drift of a shared machine falls on all arms; then starts and closes one fresh sandbox per
+arm. The table gives medians and, per arm, the extra milliseconds per action over the host. Absolute figures depend
+on the machine; the differences are the result.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from rich.table import Table
 
 from genpi.progress import make_console
-from genpi.sandbox import Limits, Sandbox, SandboxUnavailable, backends, check_available
+import genpi.sandbox
+from genpi.sandbox import SandboxUnavailable, backends
 
 COMMANDS = {
     "true": "true",
@@ -36,67 +42,89 @@ def host(command: str) -> float:
     return time.perf_counter() - start
 
 
-def in_box(box: Sandbox, command: str) -> float:
+def in_box(box, command: str) -> float:
     start = time.perf_counter()
     action = box.run(command)
     assert action.exit_code == 0, action
     return time.perf_counter() - start
 
 
+def sandbox_module_at(rev: str, where: Path):
+    """genpi/sandbox.py as of git revision ``rev``, imported from a copy under ``where``."""
+    repo = Path(__file__).resolve().parent.parent
+    source = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:genpi/sandbox.py"], capture_output=True, text=True,
+                            check=True).stdout
+    path = where / f"sandbox_{rev}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"sandbox_{rev}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--backend", action="append", choices=["bwrap", "unshare"], help="default: every one that works here")
+    ap.add_argument("--against", metavar="REV", help="also run genpi/sandbox.py of this git revision, side by side")
     args = ap.parse_args()
     console = make_console()
 
-    names = []
-    for b in args.backend or backends():
-        try:
-            names.append(check_available(b))
-        except SandboxUnavailable as e:
-            console.print(f"{b}: not usable here ({e})", highlight=False)
-    boxes = {b: Sandbox(Limits(), backend=b) for b in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        modules = {"": genpi.sandbox}
+        if args.against:
+            modules[f"@{args.against}"] = sandbox_module_at(args.against, Path(tmp))
+        arms = {}  # arm name -> (module, backend)
+        for b in args.backend or backends():
+            for suffix, module in modules.items():
+                try:
+                    arms[b + suffix] = (module, module.check_available(b))
+                except SandboxUnavailable as e:
+                    console.print(f"{b}{suffix}: not usable here ({e})", highlight=False)
+        times = run_rounds(arms, args.rounds, console)
+
+    names = list(arms)
+    table = Table(title=f"sandbox overhead per action: median ms of {args.rounds} rounds (extra ms over the host)")
+    table.add_column("command")
+    table.add_column("host ms", justify="right")
+    for name in names:
+        table.add_column(f"{name} ms", justify="right")
+    for label in COMMANDS:
+        base = statistics.median(times[("host", label)]) * 1000
+        cells = [label, f"{base:.1f}"]
+        for name in names:
+            ms = statistics.median(times[(name, label)]) * 1000
+            cells.append(f"{ms:.1f} ({ms - base:+.1f})")
+        table.add_row(*cells)
+    table.add_row("start + close a sandbox", "–",
+                  *(f"{statistics.median(times[(name, 'start + close')]) * 1000:.1f}" for name in names))
+    console.print(table)
+
+
+def run_rounds(arms: dict, rounds: int, console) -> dict[tuple[str, str], list[float]]:
+    boxes = {name: module.Sandbox(module.Limits(), backend=b) for name, (module, b) in arms.items()}
     for box in boxes.values():
         box.start()
     times: dict[tuple[str, str], list[float]] = {}
     try:
-        for r in range(args.rounds):
-            arms = ["host", *names] if r % 2 == 0 else [*names, "host"]
+        for r in range(rounds):
+            order = ["host", *boxes] if r % 2 == 0 else [*reversed(boxes), "host"]
             for label, command in COMMANDS.items():
-                for arm in arms:
+                for arm in order:
                     seconds = host(command) if arm == "host" else in_box(boxes[arm], command)
                     times.setdefault((arm, label), []).append(seconds)
-            for b in names:
+            for name, (module, b) in arms.items():
                 start = time.perf_counter()
-                with Sandbox(Limits(), backend=b):
+                with module.Sandbox(module.Limits(), backend=b):
                     pass
-                times.setdefault((b, "start + close"), []).append(time.perf_counter() - start)
-            if (r + 1) % 10 == 0 or r + 1 == args.rounds:
-                console.print(f"round {r + 1}/{args.rounds}", highlight=False)
+                times.setdefault((name, "start + close"), []).append(time.perf_counter() - start)
+            if (r + 1) % 10 == 0 or r + 1 == rounds:
+                console.print(f"round {r + 1}/{rounds}", highlight=False)
     finally:
         for box in boxes.values():
             box.close()
-
-    table = Table(title=f"sandbox overhead per action: median ms of {args.rounds} rounds, sandbox vs host")
-    table.add_column("command")
-    table.add_column("host ms", justify="right")
-    for b in names:
-        table.add_column(f"{b} ms", justify="right")
-        table.add_column(f"{b} extra ms", justify="right")
-        table.add_column(f"{b} / host", justify="right")
-    for label in COMMANDS:
-        base = statistics.median(times[("host", label)]) * 1000
-        cells = [label, f"{base:.1f}"]
-        for b in names:
-            ms = statistics.median(times[(b, label)]) * 1000
-            cells += [f"{ms:.1f}", f"{ms - base:+.1f}", f"{ms / base:.2f}x"]
-        table.add_row(*cells)
-    cells = ["start + close a sandbox", "–"]
-    for b in names:
-        cells += [f"{statistics.median(times[(b, 'start + close')]) * 1000:.1f}", "", ""]
-    table.add_row(*cells)
-    console.print(table)
+    return times
 
 
 if __name__ == "__main__":

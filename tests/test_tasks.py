@@ -219,7 +219,7 @@ def test_without_a_sandbox_nothing_runs_and_nothing_is_written(tmp_path, capsys,
     from genpi.cli import main
 
     monkeypatch.setattr(sandbox, "_checked", {})
-    monkeypatch.setattr(sandbox.shutil, "which", lambda tool: None)
+    monkeypatch.setattr(sandbox.shutil, "which", lambda tool, path=None: None)
     sandbox.backends.cache_clear()
     try:
         run = tmp_path / "run"
