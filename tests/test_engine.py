@@ -197,3 +197,48 @@ def test_tokens_stream_as_produced_with_their_log_probabilities(smol):
         assert all(abs(a - b) < 1e-3 for (_, a), b in zip(lp.top, top.values.tolist()))
     assert c.first_token_seconds >= c.queued_seconds >= 0
     assert engine.generate([Request(ids, 2)])[0].logprobs is None  # not asked for, not computed
+
+
+def test_rows_of_different_adapters_batch_together_and_each_equals_its_merged_model(smol, tmp_path):
+    """Per-row LoRA: one base, two adapters and the base itself in one batch; each row's greedy reply equals that
+    of the adapter merged into its own model copy."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from eval_fixtures import make_adapter
+
+    from genpi.models import load_adapter, load_model
+    from genpi.serving.adapters import RowLoRA
+
+    _, tok = smol
+    dirs = {name: make_adapter(tmp_path / name, load_model("default"), seed=seed) for name, seed in (("a", 1), ("b", 2))}
+    model = load_model("default").float().eval()
+    lora = RowLoRA(model)
+    for name, d in dirs.items():
+        lora.add(name, d)
+    engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=6, min_prefix=16, lora=lora)
+    prompts = [_ids(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]) for q in QUESTIONS[:2]]
+    futures = {(v, i): engine.submit(Request(ids, 12), v) for v in ("a", "b", "") for i, ids in enumerate(prompts)}
+    out = {k: f.result(timeout=300) for k, f in futures.items()}
+    assert engine.stats.steps < 3 * 13  # the three variants decoded in the same steps, not one after another
+    for name, d in dirs.items():
+        merged = load_adapter(load_model("default"), d).merge_and_unload().float().eval()
+        for i, ids in enumerate(prompts):
+            assert out[(name, i)].ids == _alone(merged, tok, ids, 12)[: len(out[(name, i)].ids)]
+        assert out[(name, 0)].ids != out[("", 0)].ids  # the adapter changes the reply
+    for i, ids in enumerate(prompts):
+        assert out[("", i)].ids == _alone(model, tok, ids, 12)[: len(out[("", i)].ids)]  # the base is untouched
+    assert out[("a", 1)].cached_tokens > 16  # each adapter's prefix is cached for it
+
+
+def test_lora_problems_names_what_vllm_would_refuse(tmp_path):
+    import json
+
+    from genpi.serving.adapters import lora_problems
+
+    assert lora_problems(tmp_path) == [f"{tmp_path} must hold adapter_config.json and adapter_model.safetensors"]
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+                                                              "target_modules": ["q_proj"], "use_dora": True}))
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    assert lora_problems(tmp_path) == ["use_dora is True: it must be false (vLLM does not support DoRA)"]
