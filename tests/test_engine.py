@@ -242,3 +242,33 @@ def test_lora_problems_names_what_vllm_would_refuse(tmp_path):
                                                               "target_modules": ["q_proj"], "use_dora": True}))
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
     assert lora_problems(tmp_path) == ["use_dora is True: it must be false (vLLM does not support DoRA)"]
+
+
+def test_genpi_export_output_follows_the_lora_format_vllm_loads(tmp_path):
+    """The files `genpi export` writes for multi-LoRA serving, built with training's own LoRA settings, pass the
+    format rules (names, shapes against the base, no bias/DoRA/modules_to_save) and give a valid vLLM rank."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    from genpi.config import TrainConfig
+    from genpi.export import export
+    from genpi.models import load_model, quiet_peft
+    from genpi.serving.adapters import lora_problems, vllm_rank
+    from genpi.training.run import _lora_targets
+
+    c = TrainConfig(data=str(tmp_path), out=str(tmp_path / "unused"))
+    model = load_model("default")
+    with quiet_peft():
+        peft_model = get_peft_model(model, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                                                      target_modules=_lora_targets(c, model), task_type="CAUSAL_LM"))
+    trained = tmp_path / "adapter"
+    peft_model.save_pretrained(trained)
+    base = peft_model.unload()
+    (trained / "genpi.json").write_text(json.dumps({"strategy": "genpi", "base_model": "default"}))
+    out = export(trained, tmp_path / "serve" / "agent")
+    assert lora_problems(out, base) == []
+    assert vllm_rank([out]) == 16 and json.loads((out / "adapter_config.json").read_text())["r"] == c.lora_r
+    config = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps(config | {"bias": "all", "modules_to_save": ["lm_head"]}))
+    assert lora_problems(out, base) == ["bias is 'all': it must be 'none'", "modules_to_save is ['lm_head']: it must be empty"]
