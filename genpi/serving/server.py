@@ -93,7 +93,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.backend.finished(call)
         except APIError as e:
             status, note = e.status, str(e)
-            self._error(e)
+            try:
+                self._error(e)
+            except OSError:  # the client is gone already
+                self.close_connection = True
         except ClientGone:
             status, note = 499, "client gone: cancelled in the engine"  # nginx's code for a closed request
             self.close_connection = True
@@ -139,12 +142,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Connections a burst of clients may open before the server accepts them (socketserver's default, 5, resets
+    # connections past it when the accepting thread is slow: seen with 16 clients on a busy CPU).
+    request_queue_size = 1024
+
+
 def serve_forever(served: dict, host: str, port: int, log=None, max_waiting: int = 64) -> None:
     """Answer on ``host:port`` until SIGTERM or SIGINT, which stop the process at once."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     handler = type("Handler", (_Handler,), {"backend": Backend(served, log=log, max_waiting=max_waiting)})
-    httpd = ThreadingHTTPServer((host, port), handler)
-    httpd.daemon_threads = True
+    httpd = _HTTPServer((host, port), handler)
 
     def stop(signum, frame):
         log(f"stopping on signal {signum}")
