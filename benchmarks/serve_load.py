@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--requests-per-client", type=int, default=2, help="requests each client sends (default: 2)")
     ap.add_argument("--max-tokens", type=int, default=16, help="tokens per reply at most (default: 16)")
     ap.add_argument("--rows", type=int, default=16, help="the server's --rows (default: 16)")
+    ap.add_argument("--threads", type=int, default=1, help="the server's torch threads (default: 1)")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "serve_load.json")
     ap.add_argument("--chart", type=Path, default=ROOT / "docs" / "results" / "serve_load.png")
     args = ap.parse_args()
@@ -151,7 +152,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="genpi-serve-load-"))
     text = (ROOT / "examples" / "support_agent.txt").read_text()
     adapter = fresh_adapter(work / "adapter", "")
-    flags = ["--rows", str(args.rows), "--max-waiting", "1024"]
+    flags = ["--rows", str(args.rows), "--max-waiting", "1024", "--threads", str(args.threads)]
     for i in range(k_max):
         (work / f"p{i}.txt").write_text(f"You are support agent number {i} of the shop.\n\n{text}")
         flags += ["--prompt", f"p{i}={work / f'p{i}.txt'}", "--adapter", f"a{i}={adapter}"]
@@ -183,7 +184,7 @@ def main() -> None:
                     progress(row)
     if 1 in args.agents:
         with LocalServer(model_dir, log_path=work / "merged.log", startup_timeout=600,
-                         flags=["--rows", str(args.rows), "--max-waiting", "1024", "--merge", "--adapter", f"m={adapter}"]) as server:
+                         flags=[*flags[:6], "--merge", "--adapter", f"m={adapter}"]) as server:
             run_level(server, ["m"], 1, 1, 2)
             for n in args.clients:
                 row = {"K": 1, "N": n, "arm": "merged", **run_level(server, ["m"], n, args.requests_per_client,

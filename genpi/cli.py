@@ -167,7 +167,7 @@ def _cmd_serve(args) -> int:
     from genpi.serving.server import serve
 
     serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name, args.max_waiting,
-          args.prompt, args.merge)
+          args.prompt, args.merge, args.threads)
     return 0
 
 

@@ -167,7 +167,7 @@ def serve_forever(served: dict, host: str, port: int, log=None, max_waiting: int
 
 def serve(adapters: list[str | Path] = (), model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           rows: int = 16, served_name: str | None = None, max_waiting: int = 64, prompts: list[str] = (),
-          merge: bool = False) -> None:
+          merge: bool = False, threads: int = 0) -> None:
     """Serve the base model, each adapter (``NAME=DIR`` or ``DIR``) and each prompt (``NAME=FILE``) until SIGTERM
     or SIGINT (see :func:`genpi.serving.backend.load_served`).
 
@@ -186,9 +186,13 @@ def serve(adapters: list[str | Path] = (), model: str | None = None, host: str =
     for base in bases:
         if resolve_model(base) != resolve_model(model):
             raise UserError(f"an adapter was trained on {base!r}, not --model {model!r}: serve it with its base model")
-    if port < 0 or rows < 1 or max_waiting < 0:
-        raise UserError("--port and --max-waiting must be 0 or more and --rows at least 1")
+    if port < 0 or rows < 1 or max_waiting < 0 or threads < 0:
+        raise UserError("--port, --max-waiting and --threads must be 0 or more and --rows at least 1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     serve_forever(load_served(model, adapters, served_name, rows, list(prompts), merge), host, port,
                   max_waiting=max_waiting)
 
@@ -201,6 +205,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--prompt", action="append", default=[], metavar="NAME=FILE",
                     help="serve the base model with this prompt file before every conversation under NAME (the "
                     "prompted arm; its KV is computed once and cached); repeatable")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (default 0: torch's choice; 1 on a CPU shared with other jobs, where "
+                    "spinning threads cost several times their gain)")
     ap.add_argument("--merge", action="store_true",
                     help="merge each adapter into its own copy of the base instead (no per-token LoRA work, one "
                     "model copy and engine per adapter)")
@@ -219,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     add_arguments(ap)
     args = ap.parse_args(argv)
     serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name, args.max_waiting,
-          args.prompt, args.merge)
+          args.prompt, args.merge, args.threads)
 
 
 if __name__ == "__main__":
