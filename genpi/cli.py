@@ -122,6 +122,7 @@ EXPORT_EPILOG = """examples:
 SERVE_EPILOG = """examples:
   genpi serve --adapter adapters/bash
   genpi serve --adapter adapters/bash --adapter adapters/support --port 8001
+  genpi serve --adapter bash=adapters/bash --prompt bash-prompted=examples/bash_agent.txt
   curl http://127.0.0.1:8000/v1/chat/completions -d '{"model": "bash", "messages": [{"role": "user", "content": "How many files are in /etc?"}]}'
   curl -N http://127.0.0.1:8000/v1/chat/completions -d '{"model": "bash", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -165,7 +166,8 @@ def _add_train_parsers(sub) -> None:
 def _cmd_serve(args) -> int:
     from genpi.serving.server import serve
 
-    serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name, args.max_waiting)
+    serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name, args.max_waiting,
+          args.prompt, args.merge, args.threads)
     return 0
 
 
@@ -175,9 +177,9 @@ def _add_serve_parser(sub) -> None:
     p = sub.add_parser(
         "serve",
         help="serve internalized agents on an OpenAI-compatible endpoint",
-        description="Serve the base model and each --adapter, merged into its own copy of the base, at "
-        "/v1/chat/completions (the model name of an adapter is its directory's name), with the student context "
-        "it was trained with. Stops at once on Ctrl-C or SIGTERM. For many adapters on a GPU, see the vLLM "
+        description="Serve the base model, each --adapter (per request over one copy of the base, or merged "
+        "with --merge) and each --prompt at /v1/chat/completions (an adapter's model name is NAME or its "
+        "directory's name), with the student context it was trained with. Stops at once on Ctrl-C or SIGTERM. For many adapters on a GPU, see the vLLM "
         "multi-LoRA command in docs/SERVING.md.",
         epilog=SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

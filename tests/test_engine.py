@@ -197,3 +197,78 @@ def test_tokens_stream_as_produced_with_their_log_probabilities(smol):
         assert all(abs(a - b) < 1e-3 for (_, a), b in zip(lp.top, top.values.tolist()))
     assert c.first_token_seconds >= c.queued_seconds >= 0
     assert engine.generate([Request(ids, 2)])[0].logprobs is None  # not asked for, not computed
+
+
+def test_rows_of_different_adapters_batch_together_and_each_equals_its_merged_model(smol, tmp_path):
+    """Per-row LoRA: one base, two adapters and the base itself in one batch; each row's greedy reply equals that
+    of the adapter merged into its own model copy."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from eval_fixtures import make_adapter
+
+    from genpi.models import load_adapter, load_model
+    from genpi.serving.adapters import RowLoRA
+
+    _, tok = smol
+    dirs = {name: make_adapter(tmp_path / name, load_model("default"), seed=seed) for name, seed in (("a", 1), ("b", 2))}
+    model = load_model("default").float().eval()
+    lora = RowLoRA(model)
+    for name, d in dirs.items():
+        lora.add(name, d)
+    engine = Engine(model, {tok.eos_token_id}, tok.pad_token_id, rows=6, min_prefix=16, lora=lora)
+    prompts = [_ids(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]) for q in QUESTIONS[:2]]
+    futures = {(v, i): engine.submit(Request(ids, 12), v) for v in ("a", "b", "") for i, ids in enumerate(prompts)}
+    out = {k: f.result(timeout=300) for k, f in futures.items()}
+    assert engine.stats.steps < 3 * 13  # the three variants decoded in the same steps, not one after another
+    for name, d in dirs.items():
+        merged = load_adapter(load_model("default"), d).merge_and_unload().float().eval()
+        for i, ids in enumerate(prompts):
+            assert out[(name, i)].ids == _alone(merged, tok, ids, 12)[: len(out[(name, i)].ids)]
+        assert out[(name, 0)].ids != out[("", 0)].ids  # the adapter changes the reply
+    for i, ids in enumerate(prompts):
+        assert out[("", i)].ids == _alone(model, tok, ids, 12)[: len(out[("", i)].ids)]  # the base is untouched
+    assert out[("a", 1)].cached_tokens > 16  # each adapter's prefix is cached for it
+
+
+def test_lora_problems_names_what_vllm_would_refuse(tmp_path):
+    import json
+
+    from genpi.serving.adapters import lora_problems
+
+    assert lora_problems(tmp_path) == [f"{tmp_path} must hold adapter_config.json and adapter_model.safetensors"]
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+                                                              "target_modules": ["q_proj"], "use_dora": True}))
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    assert lora_problems(tmp_path) == ["use_dora is True: it must be false (vLLM does not support DoRA)"]
+
+
+def test_genpi_export_output_follows_the_lora_format_vllm_loads(tmp_path):
+    """The files `genpi export` writes for multi-LoRA serving, built with training's own LoRA settings, pass the
+    format rules (names, shapes against the base, no bias/DoRA/modules_to_save) and give a valid vLLM rank."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    from genpi.config import TrainConfig
+    from genpi.export import export
+    from genpi.models import load_model, quiet_peft
+    from genpi.serving.adapters import lora_problems, vllm_rank
+    from genpi.training.run import _lora_targets
+
+    c = TrainConfig(data=str(tmp_path), out=str(tmp_path / "unused"))
+    model = load_model("default")
+    with quiet_peft():
+        peft_model = get_peft_model(model, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                                                      target_modules=_lora_targets(c, model), task_type="CAUSAL_LM"))
+    trained = tmp_path / "adapter"
+    peft_model.save_pretrained(trained)
+    base = peft_model.unload()
+    (trained / "genpi.json").write_text(json.dumps({"strategy": "genpi", "base_model": "default"}))
+    out = export(trained, tmp_path / "serve" / "agent")
+    assert lora_problems(out, base) == []
+    assert vllm_rank([out]) == 16 and json.loads((out / "adapter_config.json").read_text())["r"] == c.lora_r
+    config = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps(config | {"bias": "all", "modules_to_save": ["lm_head"]}))
+    assert lora_problems(out, base) == ["bias is 'all': it must be 'none'", "modules_to_save is ['lm_head']: it must be empty"]

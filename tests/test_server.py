@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from genpi.serving.local import LocalServer
+from genpi.serving.local import LocalServer, free_port
 from genpi.serving.protocol import ReplyText
 
 pytestmark = pytest.mark.integration
@@ -104,18 +104,24 @@ def _quiet(fn):
         pass
 
 
-def test_genpi_serve_answers_as_each_adapter_with_the_openai_client(smol_path, tmp_path):
-    """`genpi serve --adapter DIR`: the base model and the adapter (merged) side by side on one endpoint."""
+def test_genpi_serve_answers_for_several_adapters_and_a_prompt_by_name_concurrently(smol_path, tmp_path):
+    """`genpi serve --adapter DIR --adapter NAME=DIR --prompt NAME=FILE`: one base, adapters per request, the
+    prompted arm with its prefix cached; concurrent requests for all of them give what each gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
     import openai
     from eval_fixtures import make_adapter
 
     from genpi.models import load_model
-    from genpi.serving.local import free_port
 
     adapter = make_adapter(tmp_path / "bash", load_model("default"), seed=3,
                            extra={"student_context": [{"role": "system", "content": "You answer in one line."}]})
+    other = make_adapter(tmp_path / "other-dir", load_model("default"), seed=4)
+    prompt = Path(__file__).parents[1] / "examples" / "support_agent.txt"
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "genpi", "serve", "--adapter", str(adapter), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "genpi", "serve", "--adapter", str(adapter), "--adapter",
+                             f"support={other}", "--prompt", f"support-prompted={prompt}", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -128,18 +134,29 @@ def test_genpi_serve_answers_as_each_adapter_with_the_openai_client(smol_path, t
             except openai.APIConnectionError:
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
                 time.sleep(0.5)
-        assert served == ["default", "bash"]  # the base under its name, the adapter under its directory's
+        assert served == ["default", "support-prompted", "bash", "support"]
         ask = lambda model: client.chat.completions.create(  # noqa: E731
-            model=model, max_tokens=16, temperature=0, messages=[{"role": "user", "content": "List the files in /tmp."}])
-        base, internalized = ask("default"), ask("bash")
-        assert base.choices[0].message.content and internalized.choices[0].message.content
-        assert internalized.choices[0].message.content != base.choices[0].message.content  # the adapter answers
+            model=model, max_tokens=8, temperature=0, logprobs=True,
+            messages=[{"role": "user", "content": "List the files in /tmp."}])
+        alone = {m: ask(m) for m in served}
+        with ThreadPoolExecutor(4) as pool:  # all four at once: they share the engine's batches
+            together = list(pool.map(ask, served))
+        for m, reply in zip(served, together):
+            assert reply.choices[0].message.content == alone[m].choices[0].message.content, m
+        assert all(alone[m].choices[0].message.content for m in served)
+        # each adapter answers through its own weights (these two happen to write the same words: their
+        # probabilities tell them apart)
+        first = {m: round(alone[m].choices[0].logprobs.content[0].logprob, 4) for m in ("default", "bash", "support")}
+        assert len(set(first.values())) == 3, first
         from genpi.models import load_tokenizer
 
         context = [{"role": "system", "content": "You answer in one line."}, {"role": "user", "content": "List the files in /tmp."}]
         with_context = load_tokenizer("default").apply_chat_template(context, add_generation_prompt=True, tokenize=True)
         ids = with_context["input_ids"] if hasattr(with_context, "keys") else with_context
-        assert internalized.usage.prompt_tokens == len(ids)  # its student context, not the template's default one
+        assert alone["bash"].usage.prompt_tokens == len(ids)  # its student context, not the template's default one
+        prompted = together[1].usage  # the prompt arm's second request: the prompt came from the cache
+        assert prompted.prompt_tokens > alone["default"].usage.prompt_tokens + 100
+        assert prompted.prompt_tokens_details.cached_tokens > 100
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) is not None

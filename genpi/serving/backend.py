@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 from genpi.errors import UserError
@@ -26,6 +27,8 @@ class Served:
     tokenizer: object
     engine: object
     context: list[dict] = field(default_factory=list)  # messages put before every request (an adapter's student context)
+    variant: str = ""  # the engine variant: the adapter's name in a shared per-row LoRA engine, else ""
+    input_prefix: str = ""  # a transcript prompt's open user turn, put before the first user message
     temperature: float = 0.0
     top_p: float = 1.0
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards the tokenizer (shared by the served models)
@@ -59,7 +62,7 @@ class Call:
             request = Request(ids, max_new_tokens, temperature, top_p, seed, tuple(params.stop),
                               params.top_logprobs if params.logprobs else None,
                               on_token=lambda token, info, i=i: self.events.put((i, token, info)))
-            future = served.engine.submit(request)
+            future = served.engine.submit(request, served.variant)
             future.add_done_callback(lambda f, i=i: self.events.put((i, None, None)))
             self.futures.append(future)
 
@@ -177,8 +180,14 @@ class Backend:
             retry = max(1, math.ceil(self.latency * (waiting + params.n) / max(1, s.engine.max_rows)))
             raise APIError(503, f"the server is at capacity ({running} requests decoding, {waiting} waiting): "
                            f"retry in {retry} s", code="overloaded", retry_after=retry)
+        messages = params.messages
+        if s.input_prefix:
+            first = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+            if first is not None:
+                messages = [dict(m) for m in messages]
+                messages[first]["content"] = f"{s.input_prefix}\n\n{messages[first]['content']}"
         with s.lock:
-            text = s.tokenizer.apply_chat_template([*s.context, *params.messages], tokenize=False,
+            text = s.tokenizer.apply_chat_template([*s.context, *messages], tokenize=False,
                                                    add_generation_prompt=params.add_generation_prompt,
                                                    continue_final_message=params.continue_final_message)
             ids = s.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -201,10 +210,15 @@ class Backend:
     def _report(self, every: float) -> None:
         """One log line per interval with work done: readable in a log file, quiet when idle."""
         last: dict[str, tuple] = {}
+        engines: dict[int, tuple] = {}  # models sharing an engine (per-row adapters) are reported together
+        for name, s in self.served.items():
+            names, engine = engines.get(id(s.engine), ((), s.engine))
+            engines[id(s.engine)] = ((*names, name), engine)
         while True:
             time.sleep(every)
-            for name, s in self.served.items():
-                st = s.engine.stats
+            for names, engine in engines.values():
+                name = ", ".join(names)
+                st = engine.stats
                 now = (st.requests, st.generated_tokens, st.prefill_tokens, st.cached_tokens, time.monotonic(),
                        st.prefill_seconds, st.decode_seconds, st.steps)
                 before = last.get(name)
@@ -218,14 +232,54 @@ class Backend:
                              f"{(now[6] - before[6]) / steps * 1000:.0f} ms ({(now[1] - before[1]) / steps:.1f} rows)")
 
 
-def load_served(model_name: str, adapters: list[str], served_name: str | None = None, rows: int = 16) -> dict[str, Served]:
-    """The base model under ``served_name`` (default: its name as given) and each adapter, merged, under its
-    directory's name; each with an engine of ``rows`` rows."""
+def parse_named(values: list[str], flag: str) -> list[tuple[str, str]]:
+    """``NAME=PATH`` or ``PATH`` values of a repeated flag as ``(name, path)``, the name defaulting to the path's
+    last part (one-line errors for an empty part or a name given twice)."""
+    out, seen = [], set()
+    for value in values:
+        name, sep, path = str(value).partition("=")
+        if not sep:
+            name, path = Path(value).name, str(value)
+        if not name or not path:
+            raise UserError(f"{flag} {value!r}: give NAME=PATH or PATH")
+        if name in seen:
+            raise UserError(f"{flag} {value!r}: another served model is already named {name!r}; give each its own "
+                            f"name ({flag} NAME=PATH)")
+        seen.add(name)
+        out.append((name, path))
+    return out
+
+
+def load_served(model_name: str, adapters: list[str] = (), served_name: str | None = None, rows: int = 16,
+                prompts: list[str] = (), merge: bool = False) -> dict[str, Served]:
+    """The base model under ``served_name`` (default: its name as given), each adapter (``NAME=DIR`` or ``DIR``)
+    and each prompt (``NAME=FILE``: the base model with that prompt before every conversation, its KV cached).
+
+    Adapters run per request over the one base model in one engine (per-row LoRA, :mod:`genpi.serving.adapters`),
+    so requests for different adapters decode in the same batches; with ``merge`` each adapter is merged into its
+    own copy of the base with an engine of its own (no LoRA work per token; one model copy per adapter).
+    """
     import torch
 
     from genpi.adapter import read_adapter, require_mergeable
     from genpi.models import load_adapter, load_model, load_tokenizer
+    from genpi.prompt import load_prompt
+    from genpi.serving.adapters import RowLoRA
     from genpi.serving.engine import Engine
+
+    named = parse_named(adapters, "--adapter")
+    named_prompts = parse_named(prompts, "--prompt")
+    base_name = served_name or model_name
+    names = [base_name, *(n for n, _ in named), *(n for n, _ in named_prompts)]
+    clash = next((n for n in names if names.count(n) > 1), None)
+    if clash is not None:
+        raise UserError(f"two served models are named {clash!r}: give each --adapter and --prompt its own NAME=")
+    infos = {}
+    for name, path in named:  # before any model loads
+        adapter_dir, peft_config, info = read_adapter(path)
+        require_mergeable(adapter_dir, peft_config, "served (`genpi serve` serves LoRA adapters)")
+        infos[name] = (adapter_dir, info)
+    loaded_prompts = [(name, load_prompt(path)) for name, path in named_prompts]
 
     tokenizer = load_tokenizer(model_name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -235,26 +289,34 @@ def load_served(model_name: str, adapters: list[str], served_name: str | None = 
         with lock:
             return tokenizer.decode(ids, skip_special_tokens=True)
 
-    def one(name, model, context=()):
+    def engine_for(model, lora=None):
         model.to(device).eval()
         cfg = model.generation_config
-        sampled = bool(getattr(cfg, "do_sample", False))
         eos = getattr(cfg, "eos_token_id", None)
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id}
-        engine = Engine(model, eos_ids - {None}, tokenizer.pad_token_id, rows=rows, decode=decode)
-        return Served(name, model, tokenizer, engine, list(context), lock=lock,
+        return Engine(model, eos_ids - {None}, tokenizer.pad_token_id, rows=rows, decode=decode, lora=lora)
+
+    def entry(name, model, engine, context=(), variant="", input_prefix=""):
+        cfg = model.generation_config
+        sampled = bool(getattr(cfg, "do_sample", False))
+        return Served(name, model, tokenizer, engine, list(context), lock=lock, variant=variant,
+                      input_prefix=input_prefix,
                       temperature=float(cfg.temperature or 1.0) if sampled else 0.0,
                       top_p=float(cfg.top_p or 1.0) if sampled else 1.0)
 
-    for path in adapters:  # before any model loads
-        adapter_dir, peft_config, _ = read_adapter(path)
-        require_mergeable(adapter_dir, peft_config, "served (`genpi serve` merges every adapter)")
-    served = {served_name or model_name: one(served_name or model_name, load_model(model_name))}
-    for path in adapters:
-        adapter_dir, _, info = read_adapter(path)
-        if adapter_dir.name in served:
-            raise UserError(f"--adapter {path}: another served model is already named {adapter_dir.name!r}; "
-                            "serve adapters from directories of different names")
-        merged = load_adapter(load_model(model_name), adapter_dir).merge_and_unload()
-        served[adapter_dir.name] = one(adapter_dir.name, merged, info.student_context)
+    base = load_model(model_name)
+    lora = None if merge or not named else RowLoRA(base.to(device))
+    for name, (adapter_dir, _) in infos.items():
+        if lora is not None:
+            lora.add(name, adapter_dir)
+    engine = engine_for(base, lora)
+    served = {base_name: entry(base_name, base, engine)}
+    for name, prompt in loaded_prompts:
+        served[name] = entry(name, base, engine, prompt.messages, input_prefix=prompt.input_prefix)
+    for name, (adapter_dir, info) in infos.items():
+        if lora is not None:
+            served[name] = entry(name, base, engine, info.student_context, variant=name)
+        else:
+            merged = load_adapter(load_model(model_name), adapter_dir).merge_and_unload()
+            served[name] = entry(name, merged, engine_for(merged), info.student_context)
     return served

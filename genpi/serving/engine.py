@@ -33,6 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, InvalidStateError
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -256,10 +257,13 @@ class Engine:
         prefix_bytes: memory the prefix store may keep.
         max_context: positions per row (default: the model's context length).
         decode: token ids to text, for stop strings (requests with ``stop`` need it).
+        lora: per-row LoRA adapters over ``model`` (:class:`genpi.serving.adapters.RowLoRA`); a request whose
+            variant names one of them runs through it, and requests of different variants share batches.
+            Without it, rows of one variant run at a time.
     """
 
     def __init__(self, model, eos_ids: set[int], pad_id: int, rows: int = 16, min_prefix: int = 32,
-                 prefix_bytes: int = 2 * 2**30, max_context: int | None = None, decode=None):
+                 prefix_bytes: int = 2 * 2**30, max_context: int | None = None, decode=None, lora=None):
         import torch
 
         self.torch = torch
@@ -269,6 +273,7 @@ class Engine:
         self.max_rows = rows
         self.min_prefix = min_prefix
         self.decode = decode
+        self.lora = lora
         self.store = PrefixStore(prefix_bytes)
         self.stats = EngineStats()
         param = next(model.parameters())
@@ -368,17 +373,28 @@ class Engine:
         free = self.max_rows - len(self.active)
         if free <= 0 or not waiting:
             return waiting
-        variant = self.active[0].variant if self.active else waiting[0][2]
-        take = [w for w in waiting if w[2] == variant][:free]
+        if self.lora is None:  # one model state at a time: rows of the running variant only
+            variant = self.active[0].variant if self.active else waiting[0][2]
+            take = [w for w in waiting if w[2] == variant][:free]
+        else:  # every row through its own adapter: first come, first served
+            take = waiting[:free]
         rest = [w for w in waiting if not any(w is t for t in take)]
-        before = len(self.active)
-        try:
-            self._prefill(take, variant)
-        except Exception as e:  # the new requests fail; the rows already decoding go on
-            del self.active[before:]
-            for _, future, _, _ in take:
-                _settle(future, error=e)
+        by_variant: dict[str, list] = {}
+        for w in take:
+            by_variant.setdefault(w[2], []).append(w)
+        for variant, items in by_variant.items():
+            before = len(self.active)
+            try:
+                self._prefill(items, variant)
+            except Exception as e:  # the new requests fail; the rows already decoding go on
+                del self.active[before:]
+                for _, future, _, _ in items:
+                    _settle(future, error=e)
         return rest
+
+    def _rows(self, variants: list[str]):
+        """Within the block, each row of a forward pass runs through its variant's adapter (with ``lora``)."""
+        return nullcontext() if self.lora is None else self.lora.rows(variants)
 
     def _drop_cancelled(self) -> None:
         """Forget waiting requests and free the rows of running ones whose future was cancelled."""
@@ -423,7 +439,7 @@ class Engine:
         if base is not None and start:
             for i in range(self.layers):
                 cache.update(base.keys[i][:, :, :start], base.values[i][:, :, :start], i)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._rows([variant]):
             self.model(input_ids=torch.tensor([ids[start:]], device=self.device), use_cache=True, logits_to_keep=1,
                        position_ids=torch.arange(start, len(ids), device=self.device)[None], **{self.cache_kw: cache})
         layers = cache.layers
@@ -505,7 +521,7 @@ class Engine:
             mask[i, 0, :pad, 0] = True
         position_ids = torch.where(slots == self.width - 1, torch.zeros_like(slots), slots)
         cache = _RowCache(self.keys, self.values, lo, hi, slots, width)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._rows([variant] * n):
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
                                 use_cache=True, logits_to_keep=1, **{self.cache_kw: cache}).logits[:, -1].float()
         self.stats.prefill_tokens += sum(len(x) for x in suffixes)
@@ -530,7 +546,7 @@ class Engine:
         mask = (torch.arange(need, device=self.device)[None, :] <= lengths[:, None])[:, None, None, :]
         cache = _RowCache(self.keys, self.values, 0, n, lengths[:, None], need)
         extra = {"genpi_groups": self._groups()} if self.shared_attention else {}
-        with torch.inference_mode():
+        with torch.inference_mode(), self._rows([row.variant for row in self.active]):
             extra[self.cache_kw] = cache
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=lengths[:, None], use_cache=True,
                                 logits_to_keep=1, **extra).logits[:, -1].float()
@@ -540,12 +556,13 @@ class Engine:
         self._take(logits, 0)
 
     def _groups(self) -> list:
-        """Active rows that share a prompt prefix of at least ``min_prefix`` tokens, as ``(rows, length)``."""
+        """Active rows of one variant that share a prompt prefix of at least ``min_prefix`` tokens, as
+        ``(rows, length)`` (the same tokens through different adapters have different keys and values)."""
         torch = self.torch
         by_head: dict[tuple, list[int]] = {}
         for i, row in enumerate(self.active):
             if len(row.request.ids) > self.min_prefix:
-                by_head.setdefault(tuple(row.request.ids[: self.min_prefix]), []).append(i)
+                by_head.setdefault((row.variant, *row.request.ids[: self.min_prefix]), []).append(i)
         groups = []
         for members in by_head.values():
             if len(members) < 2:

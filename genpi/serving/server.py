@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from genpi.errors import UserError
-from genpi.serving.backend import Backend, ClientGone, load_served
+from genpi.serving.backend import Backend, ClientGone, load_served, parse_named
 from genpi.serving.protocol import APIError
 
 
@@ -94,7 +94,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.backend.finished(call)
         except APIError as e:
             status, note = e.status, str(e)
-            self._error(e)
+            try:
+                self._error(e)
+            except OSError:  # the client is gone already
+                self.close_connection = True
         except ClientGone:
             status, note = 499, "client gone: cancelled in the engine"  # nginx's code for a closed request
             self.close_connection = True
@@ -140,12 +143,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Connections a burst of clients may open before the server accepts them (socketserver's default, 5, resets
+    # connections past it when the accepting thread is slow: seen with 16 clients on a busy CPU).
+    request_queue_size = 1024
+
+
 def serve_forever(served: dict, host: str, port: int, log=None, max_waiting: int = 64) -> None:
     """Answer on ``host:port`` until SIGTERM or SIGINT, which stop the process at once."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     handler = type("Handler", (_Handler,), {"backend": Backend(served, log=log, max_waiting=max_waiting)})
-    httpd = ThreadingHTTPServer((host, port), handler)
-    httpd.daemon_threads = True
+    httpd = _HTTPServer((host, port), handler)
 
     def stop(signum, frame):
         log(f"stopping on signal {signum}")
@@ -158,15 +167,18 @@ def serve_forever(served: dict, host: str, port: int, log=None, max_waiting: int
 
 
 def serve(adapters: list[str | Path] = (), model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          rows: int = 16, served_name: str | None = None, max_waiting: int = 64) -> None:
-    """Serve the base model and each adapter (merged) until SIGTERM or SIGINT.
+          rows: int = 16, served_name: str | None = None, max_waiting: int = 64, prompts: list[str] = (),
+          merge: bool = False, threads: int = 0) -> None:
+    """Serve the base model, each adapter (``NAME=DIR`` or ``DIR``) and each prompt (``NAME=FILE``) until SIGTERM
+    or SIGINT (see :func:`genpi.serving.backend.load_served`).
 
     ``model`` defaults to the adapters' base model (from their ``genpi.json``), else the embedded default.
     """
     from genpi.adapter import read_adapter
     from genpi.models import resolve_model
 
-    bases = {read_adapter(a)[2].base_model or "default" for a in adapters}
+    adapters = [str(a) for a in adapters]
+    bases = {read_adapter(path)[2].base_model or "default" for _, path in parse_named(adapters, "--adapter")}
     if model is None:
         if len(bases) > 1:
             raise UserError(f"the adapters were trained on different base models ({', '.join(sorted(bases))}): "
@@ -175,17 +187,31 @@ def serve(adapters: list[str | Path] = (), model: str | None = None, host: str =
     for base in bases:
         if resolve_model(base) != resolve_model(model):
             raise UserError(f"an adapter was trained on {base!r}, not --model {model!r}: serve it with its base model")
-    if port < 0 or rows < 1 or max_waiting < 0:
-        raise UserError("--port and --max-waiting must be 0 or more and --rows at least 1")
+    if port < 0 or rows < 1 or max_waiting < 0 or threads < 0:
+        raise UserError("--port, --max-waiting and --threads must be 0 or more and --rows at least 1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    serve_forever(load_served(model, [str(a) for a in adapters], served_name, rows), host, port,
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    serve_forever(load_served(model, adapters, served_name, rows, list(prompts), merge), host, port,
                   max_waiting=max_waiting)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The serving flags, shared by ``genpi serve`` and ``python -m genpi.serving.server``."""
-    ap.add_argument("--adapter", action="append", default=[], metavar="DIR",
-                    help="adapter directory from `genpi train`, served merged under its directory's name (repeatable)")
+    ap.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                    help="adapter directory from `genpi train`, served under NAME (default: the directory's name); "
+                    "repeatable: the adapters share one base model and decode in the same batches")
+    ap.add_argument("--prompt", action="append", default=[], metavar="NAME=FILE",
+                    help="serve the base model with this prompt file before every conversation under NAME (the "
+                    "prompted arm; its KV is computed once and cached); repeatable")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (default 0: torch's choice; 1 on a CPU shared with other jobs, where "
+                    "spinning threads cost several times their gain)")
+    ap.add_argument("--merge", action="store_true",
+                    help="merge each adapter into its own copy of the base instead (no per-token LoRA work, one "
+                    "model copy and engine per adapter)")
     ap.add_argument("--model", default=None,
                     help="base model: 'default', a directory or a Hub id (default: the adapters' base model)")
     ap.add_argument("--served-name", default=None, help="name the base model answers to (default: --model)")
@@ -200,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m genpi.serving.server", description=__doc__.split("\n\n")[0])
     add_arguments(ap)
     args = ap.parse_args(argv)
-    serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name, args.max_waiting)
+    serve(args.adapter, args.model, args.host, args.port, args.rows, args.served_name, args.max_waiting,
+          args.prompt, args.merge, args.threads)
 
 
 if __name__ == "__main__":
