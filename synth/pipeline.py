@@ -149,7 +149,8 @@ class Synthesizer:
         if not r.text.replace(self.config.end_marker, "").strip():
             return {"reason": "reply empty", "reply": reply}
         if self.checker is not None:
-            ok, why = self.checker(r.text)
+            check = self.checker(r.text)
+            ok, why = check.ok, check.reason
             if not ok:
                 return {"reason": "reply fails the checker", "reply": {**reply, "check": why}}
         return {"reason": "", "reply": reply}
