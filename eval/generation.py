@@ -343,7 +343,7 @@ def _end_of_turn(tokenizer, eos_ids: set[int]) -> int:
     """The first end-of-sequence token the chat template writes after an assistant message."""
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
                                         tokenize=True, add_generation_prompt=False)
-    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids  # a BatchEncoding in newer transformers
     return next((t for t in reversed(ids) if t in eos_ids), tokenizer.eos_token_id)
 
 
