@@ -313,10 +313,13 @@ def test_overload_is_answered_503_with_retry_after(smol_path, tmp_path):
 
     with LocalServer(smol_path, log_path=tmp_path / "server.log", flags=["--rows", "1", "--max-waiting", "1"]) as s:
         long = lambda: _quiet(lambda: _client(s).chat.completions.create(  # noqa: E731
-            model=s.model, max_tokens=400, messages=[{"role": "user", "content": "Tell me a very long story."}]))
-        for _ in range(2):  # one decoding, one waiting for the only row
-            threading.Thread(target=long, daemon=True).start()
+            model=s.model, max_tokens=3000, messages=[{"role": "user", "content": "Tell me a very long story."}]))
         state = lambda: {k: v for k, v in _health(s)["models"][s.model].items() if k != "cancelled"}  # noqa: E731
+        # One at a time: two sent together can both arrive before the engine takes the first, and then the
+        # second is (rightly) the overflow.
+        threading.Thread(target=long, daemon=True).start()
+        assert _until(lambda: state()["running"] == 1, 60), state()
+        threading.Thread(target=long, daemon=True).start()  # waits for the only row
         assert _until(lambda: state() == {"running": 1, "waiting": 1}, 60), state()
         with pytest.raises(openai.InternalServerError) as e:
             _ask(_client(s), s.model)
