@@ -5,8 +5,8 @@
     genpi run recipes/fidelity.py --prompt my_agent.txt --checker my_checks.py:protocol --out runs/fidelity-mine
 
 Synthesizes one training run from the prompt alone (no seed inputs) and held-out inputs (another seed), then trains
-on the same records every strategy of the ablation (GenPI, SeqKD, SeqKD+KL, on-policy mixed with GenPI, prompt
-tuning; `--onpolicy` adds on-policy alone, slow on a CPU), and GenPI on the first 8, 16 and 32 records (`--scaling`
+on the same records every strategy of the ablation (GenPI, SeqKD, SeqKD+KL, GenPI+KL, on-policy mixed with GenPI,
+prompt tuning; `--onpolicy` adds on-policy alone, slow on a CPU), and GenPI on the first 8, 16 and 32 records (`--scaling`
 for others), all with `genpi train`'s defaults; one evaluation
 scores them all side by side with the constant baselines. The last things printed are one table (token agreement,
 KL to the teacher, action agreement, protocol, each with its recovery and 95% interval) and the scaling chart
@@ -29,6 +29,7 @@ HELDOUT = SynthConfig(prompt="examples/bash_agent.txt", num_inputs=32, inputs_on
 TRAIN = TrainConfig(save_steps=10)  # genpi train's defaults
 # name -> TrainConfig changes; on-policy samples replies of an agent turn's length
 ABLATION = {"genpi": {}, "seqkd": {"strategy": "seqkd"}, "seqkd_kl": {"strategy": "seqkd_kl"},
+            "genpi_kl": {"strategy": "genpi_kl"},
             "onpolicy+genpi": {"strategy": "onpolicy", "w_sft": 0.7, "w_pg": 0.3, "onpolicy_max_new_tokens": 64},
             "prompt_tuning": {"strategy": "prompt_tuning"}}
 ONPOLICY = {"onpolicy": {"strategy": "onpolicy", "onpolicy_max_new_tokens": 64}}

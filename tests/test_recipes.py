@@ -54,13 +54,13 @@ def test_quickstart_smoke_report_has_every_system_and_metric(tmp_path, smol_path
 
 
 
-@pytest.mark.slow  # one synthesis, seven trainings, one evaluation at the smoke size
+@pytest.mark.slow  # one synthesis, eight trainings, one evaluation at the smoke size
 def test_fidelity_smoke_prints_the_ablation_and_the_scaling_chart(tmp_path, smol_path):
     out = tmp_path / "fid"
     assert main(["run", "recipes/fidelity.py", "--smoke", "--out", str(out)]) == 0
     report = json.loads((out / "report" / "report.json").read_text())
     adapters = [s for s in report["systems"].values() if s["kind"] == "adapter"]
-    assert len(adapters) == 6  # five strategies on the ablation's records, GenPI on the other subset
+    assert len(adapters) == 7  # six strategies on the ablation's records, GenPI on the other subset
     assert all("token_agreement" in s["metrics"] for s in adapters)
     assert (out / "report" / "fidelity.png").stat().st_size > 10_000
 
