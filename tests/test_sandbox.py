@@ -405,18 +405,50 @@ def test_a_missing_helper_tool_is_a_reason_not_a_crash(monkeypatch):
 _UNPRIVILEGED = "attack or holds_no_capability or killed_genpi or leaves"  # the tests run again as uid 65534
 
 
+def _python_for_nobody(nobody: list[str], home: Path) -> tuple[str, dict]:
+    """A Python that uid 65534 can run with genpi, pytest and pyseccomp importable: ``(executable, env)``.
+
+    This interpreter when nobody can reach it; otherwise (a Python under a private home, as pyenv's in /root) the
+    system's Python of the same minor version, with copies of the pure-Python test dependencies in ``home``.
+    """
+    repo = str(Path(__file__).parent.parent)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    works = lambda python, env: subprocess.run(  # noqa: E731
+        [*nobody, python, "-c", "import genpi.sandbox, pytest, pyseccomp"], env=env, cwd="/",
+        capture_output=True).returncode == 0
+    if works(sys.executable, env):
+        return sys.executable, env
+    system = shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin:/bin")
+    if system is None:
+        pytest.skip(f"uid 65534 cannot run {sys.executable} and there is no system python3.{sys.version_info.minor}")
+    site = home / "site"
+    site.mkdir()
+    import importlib
+
+    for name in ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "pyseccomp", "py"):
+        try:
+            module = Path(importlib.import_module(name).__file__)
+        except ImportError:
+            continue
+        source = module.parent if module.name == "__init__.py" else module
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, site / source.name)
+    for path in [site, *site.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join([repo, str(site)])}
+    if not works(system, env):
+        pytest.skip(f"uid 65534 cannot import genpi.sandbox, pytest and pyseccomp with {system} either")
+    return system, env
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the tests above already ran unprivileged")
 def test_the_attacks_fail_for_an_unprivileged_caller_too():
     """As root the sandbox runs as SANDBOX_UID; as any other user, as that user: the attack tests, as nobody."""
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    env = {"PATH": os.environ["PATH"], **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}
-    if subprocess.run([*nobody, sys.executable, "-c", "import genpi.sandbox, pytest"], env=env, cwd="/",
-                      capture_output=True).returncode:
-        pytest.skip("uid 65534 cannot import genpi and pytest with this Python (PYTHONPATH is passed on)")
     home = Path(tempfile.mkdtemp(prefix="genpi-test-nobody-"))
     home.chmod(0o777)
     try:
-        run = subprocess.run([*nobody, sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-k", _UNPRIVILEGED,
+        python, env = _python_for_nobody(nobody, home)
+        run = subprocess.run([*nobody, python, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-k", _UNPRIVILEGED,
                               "--basetemp", str(home / "pytest"), __file__], capture_output=True, text=True,
                              cwd=Path(__file__).parent.parent, env={**env, "HOME": str(home)},
                              timeout=600)
