@@ -7,6 +7,7 @@ every Linux), and checks both what the action reports and that the host did not 
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 import platform
 import shutil
@@ -423,8 +424,6 @@ def _python_for_nobody(nobody: list[str], home: Path) -> tuple[str, dict]:
         pytest.skip(f"uid 65534 cannot run {sys.executable} and there is no system python3.{sys.version_info.minor}")
     site = home / "site"
     site.mkdir()
-    import importlib
-
     for name in ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "pyseccomp", "py"):
         try:
             module = Path(importlib.import_module(name).__file__)
