@@ -149,6 +149,11 @@ class _HTTPServer(ThreadingHTTPServer):
     # connections past it when the accepting thread is slow: seen with 16 clients on a busy CPU).
     request_queue_size = 1024
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that resets or drops its connection (a pooled keep-alive one, say) is gone, not a server fault."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 def serve_forever(served: dict, host: str, port: int, log=None, max_waiting: int = 64) -> None:
     """Answer on ``host:port`` until SIGTERM or SIGINT, which stop the process at once."""
