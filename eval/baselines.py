@@ -14,12 +14,11 @@ A metric is only evidence if a degenerate system cannot pass it. Every report th
 
 from __future__ import annotations
 
-import math
-import re
 from collections import Counter
 
 from genpi.eval.metrics import rouge_l
 from genpi.eval.systems import System
+from genpi.synth.dedup import cosine, terms, tfidf
 
 FORMAT_ONLY = 0.5  # a checker the constant passes on at least this share of inputs tests format only
 NEAR_DUPLICATE = 0.8  # TF-IDF cosine at or above which a held-out input counts as a training input's paraphrase
@@ -83,35 +82,18 @@ def format_only(scores: dict, systems: list[System], metric: str = "protocol") -
 
 # --- near duplicates by TF-IDF cosine
 
-_WORD = re.compile(r"\w+")
-
-
-def _terms(text: str) -> list[str]:
-    words = _WORD.findall(text.casefold())
-    return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
-
 
 def near_duplicates(held: list[str], train: list[str], threshold: float = NEAR_DUPLICATE) -> list[dict]:
-    """Held-out inputs whose TF-IDF cosine (word unigrams and bigrams, smoothed IDF over both sets) to some training
-    input reaches ``threshold``: ``[{"index", "similarity", "training_input"}]``, in held-out order."""
-    docs = [Counter(_terms(t)) for t in held + train]
-    df = Counter(term for d in docs for term in d)
-    n = len(docs)
-    idf = {term: math.log((1 + n) / (1 + k)) + 1 for term, k in df.items()}
-
-    def vector(d: Counter) -> dict:
-        v = {term: count * idf[term] for term, count in d.items()}
-        norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
-        return {term: x / norm for term, x in v.items()}
-
-    vectors = [vector(d) for d in docs]
+    """Held-out inputs whose TF-IDF cosine (word unigrams and bigrams, smoothed IDF over both sets, as synthesis
+    deduplicates) to some training input reaches ``threshold``: ``[{"index", "similarity", "training_input"}]``,
+    in held-out order."""
+    vectors = tfidf([terms(t) for t in held + train])
     held_v, train_v = vectors[: len(held)], vectors[len(held):]
     out = []
     for i, h in enumerate(held_v):
         best, best_j = 0.0, -1
         for j, t in enumerate(train_v):
-            small, large = (h, t) if len(h) < len(t) else (t, h)
-            sim = sum(x * large.get(term, 0.0) for term, x in small.items())
+            sim = cosine(h, t)
             if sim > best:
                 best, best_j = sim, j
         if best_j >= 0 and best >= threshold:

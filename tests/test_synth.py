@@ -93,6 +93,17 @@ def test_dedup_drops_exact_and_near_duplicates():
     assert not d.add("   ")
 
 
+def test_dedup_drops_a_paraphrase_that_shares_the_informative_words():
+    # Word sets (Jaccard 0.72) and character 4-grams (0.65) differ too much; the rare words they share make it a repeat by
+    # TF-IDF cosine. Inputs the synth model really repeated this way (docs/SYNTHESIS.md).
+    d = Deduplicator()
+    assert d.add("Can you tell me the maximum number of files you can create in /var/log, including directories?")
+    assert d.add("Summarise the nginx error log of yesterday.")
+    assert not d.add("Can you tell me the maximum number of files you can create in /var/log in a MySQL database?")
+    assert d.add("What is the size of /etc/hosts?")
+    assert d.add("Which user owns /etc/hosts?")
+
+
 class RepeatingClient(FakeChatClient):
     """Proposes the same input on every call: the run must stop asking, not loop."""
 
