@@ -173,7 +173,7 @@ class TrainConfig:
 
     data: str = _f("", "synthesis run directory (written by `genpi synth --out`)")
     out: str = _f("adapters/genpi", "output directory: PEFT adapter, genpi.json, loss.png and checkpoints/")
-    strategy: Strategy = _f("genpi", "preset of views and weights (docs/TRAINING.md)")
+    strategy: Strategy = _f("genpi_kl", "preset of views and weights (docs/TRAINING.md); the default, genpi_kl, is GenPI plus the KL term to the prompted base model")
     model: str = _f("default", "base model to train: the model that played the agent in synthesis")
     w_sft: float | None = _f(None, "weight of the behaviour loss (default: the strategy's)", at_least=0)
     w_pg: float | None = _f(None, "weight of the prompt-generation loss (default: the strategy's)", at_least=0)

@@ -28,7 +28,7 @@ SYNTH = SynthConfig(prompt="examples/bash_agent.txt", num_inputs=40, max_turns=2
 HELDOUT = SynthConfig(prompt="examples/bash_agent.txt", num_inputs=32, inputs_only=True, concurrency=16, seed=1)
 TRAIN = TrainConfig(save_steps=10)  # genpi train's defaults
 # name -> TrainConfig changes; on-policy samples replies of an agent turn's length
-ABLATION = {"genpi": {}, "seqkd": {"strategy": "seqkd"}, "seqkd_kl": {"strategy": "seqkd_kl"},
+ABLATION = {"genpi": {"strategy": "genpi"}, "seqkd": {"strategy": "seqkd"}, "seqkd_kl": {"strategy": "seqkd_kl"},
             "genpi_kl": {"strategy": "genpi_kl"},
             "onpolicy+genpi": {"strategy": "onpolicy", "w_sft": 0.7, "w_pg": 0.3, "onpolicy_max_new_tokens": 64},
             "prompt_tuning": {"strategy": "prompt_tuning"}}
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> Path:
     adapters, scaled = {}, {}
     for n in sorted({*scaling, ablation_records}):
         data = subset(out / "train", out / f"train-{n}", n)
-        for name, changes in (ablation if n == ablation_records else {"genpi": {}}).items():
+        for name, changes in (ablation if n == ablation_records else {"genpi": ABLATION["genpi"]}).items():
             tag = f"{name}-{n}"
             adapters[tag] = train_resumably(dataclasses.replace(tcfg, data=data, out=out / "adapters" / tag, **changes))
         if n in scaling:

@@ -6,8 +6,9 @@
 
 Synthesizes a training run (8 real seed inputs, the rest proposed by the model playing the user) and held-out
 inputs (8 real ones from examples/bash_agent.heldout.txt, the rest proposed with another seed, checked disjoint
-from the training inputs) on the embedded server, trains a GenPI adapter and a SeqKD baseline, and evaluates both
-against the base model with and without the prompt. Everything goes under runs/quickstart/ (or --out); rerunning
+from the training inputs) on the embedded server, trains an adapter with `genpi train`'s default strategy (GenPI
+plus the KL term to the prompted teacher) and a GenPI baseline without that term, and evaluates both against the
+base model with and without the prompt. Everything goes under runs/quickstart/ (or --out); rerunning
 resumes every step. docs/RESULTS.md measured 9 minutes when the adapters trained 18 steps (3 epochs of 11 records);
 the default --min-steps 40 makes it 7 epochs, 42 steps: about 3 minutes more (estimated).
 """
@@ -63,13 +64,13 @@ def main(argv: list[str] | None = None) -> Path:
 
     # --- train
     adapters = {}
-    for strategy in ("genpi", "seqkd"):
+    for strategy in (tcfg.strategy, "genpi"):
         cfg = dataclasses.replace(tcfg, data=out / "train", strategy=strategy, out=out / "adapters" / strategy)
         adapters[strategy] = train_resumably(cfg)
 
     # --- evaluate
-    return evaluate(dataclasses.replace(ecfg, inputs=out / "heldout", adapter=[adapters["genpi"]],
-                                        baseline=[adapters["seqkd"]], out=out / "report"))
+    return evaluate(dataclasses.replace(ecfg, inputs=out / "heldout", adapter=[adapters[tcfg.strategy]],
+                                        baseline=[adapters["genpi"]], out=out / "report"))
 
 
 if __name__ == "__main__":  # the same as `genpi run recipes/quickstart.py`: one-line errors, Ctrl-C resumes

@@ -232,6 +232,58 @@ def test_rows_of_different_adapters_batch_together_and_each_equals_its_merged_mo
     assert out[("a", 1)].cached_tokens > 16  # each adapter's prefix is cached for it
 
 
+def test_mixed_rows_of_adapters_of_different_ranks_each_get_their_own_update(tmp_path):
+    """Stacked per-row LoRA (ranks 2 and 4 zero-padded into one stack, an adapter that skips a layer, rows
+    without an adapter): every row's output equals the base layer plus its own adapter's dense update."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from genpi.serving.adapters import RowLoRA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("up", torch.nn.Linear(6, 5))
+    model.add_module("down", torch.nn.Linear(5, 3))
+    weights = {}
+    for name, r, alpha, modules in (("a", 2, 4, ("up", "down")), ("b", 4, 4, ("up",))):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": alpha,
+                                                          "target_modules": list(modules)}))
+        tensors = {}
+        for m in modules:
+            layer = model.get_submodule(m)
+            tensors[f"base_model.model.{m}.lora_A.weight"] = torch.randn(r, layer.in_features)
+            tensors[f"base_model.model.{m}.lora_B.weight"] = torch.randn(layer.out_features, r)
+        save_file(tensors, str(d / "adapter_model.safetensors"))
+        weights[name] = (tensors, alpha / r)
+    lora = RowLoRA(model)
+    lora.add("a", tmp_path / "a")
+    lora.add("b", tmp_path / "b")
+
+    x = torch.randn(4, 3, 6)  # rows: a, b, none, a
+    variants = ["a", "b", "", "a"]
+    with torch.no_grad():
+        with lora.rows(variants):
+            got = model(x)
+        for i, name in enumerate(variants):
+            tensors, scale = weights.get(name, ({}, 0.0))
+
+            def update(m, inp):
+                a = tensors.get(f"base_model.model.{m}.lora_A.weight")
+                return 0 if a is None else (inp @ a.T) @ tensors[f"base_model.model.{m}.lora_B.weight"].T * scale
+
+            h = model.up(x[i]) + update("up", x[i])
+            want = model.down(h) + update("down", h)
+            assert torch.allclose(got[i], want, atol=1e-5), name
+        with lora.rows(["b", "b"]):  # one adapter for every row: the ungathered path
+            both = model(x[:2])
+        assert torch.allclose(both[1], got[1], atol=1e-5)
+        assert torch.allclose(model(x), model.down(model.up(x)))  # outside the block: the base model
+
+
 def test_lora_problems_names_what_vllm_would_refuse(tmp_path):
     import json
 

@@ -19,10 +19,10 @@ def test_quickstart_smoke_report_has_every_system_and_metric(tmp_path, smol_path
     systems = report["systems"]
     kinds = sorted(s["kind"] for s in systems.values())
     assert "prompted" in systems and "unprompted" in systems
-    # prompted, unprompted, the genpi adapter, the seqkd baseline; then the degenerate constant reply (no model)
+    # prompted, unprompted, the default (genpi_kl) adapter, the genpi baseline; then the constant reply (no model)
     assert kinds.count("constant") >= 1 and len(systems) - kinds.count("constant") == 4, kinds
     strategies = {s.get("strategy") for s in systems.values()}
-    assert {"genpi", "seqkd"} <= strategies
+    assert {"genpi_kl", "genpi"} <= strategies
     for name, s in systems.items():
         if s["kind"] == "constant":
             assert {"protocol", "action", "rouge_l"} <= set(s["metrics"]), name
@@ -40,7 +40,7 @@ def test_quickstart_smoke_report_has_every_system_and_metric(tmp_path, smol_path
         if s["kind"] in ("adapter", "baseline"):
             assert cost["break_even"][name]["requests"] > 0, cost["break_even"][name]["note"]
     assert (out / "report" / "report.png").stat().st_size > 10_000
-    for strategy in ("genpi", "seqkd"):
+    for strategy in ("genpi_kl", "genpi"):
         meta = json.loads((out / "adapters" / strategy / "genpi.json").read_text())
         assert meta["strategy"] == strategy
     # The synthesis yield the summary prints, as run.json keeps it: trainable records are those with an agent turn.

@@ -118,7 +118,7 @@ def test_export_of_a_directory_without_adapter_is_a_user_error(tmp_path, capsys)
 
 @pytest.mark.parametrize("flags, message", [
     ([], "no synthesis run given"),
-    (["--data", "R", "--w-sft", "0", "--w-pg", "0"], "every loss weight is 0"),
+    (["--data", "R", "--w-sft", "0", "--w-pg", "0", "--w-kl", "0"], "every loss weight is 0"),
     (["--data", "R", "--w-pg", "-1"], "--w-pg is -1.0"),
     (["--data", "R", "--prepend-share", "2"], "--prepend-share is 2.0"),
     (["--data", "R", "--precision", "fp8"], "--precision 'fp8'"),
