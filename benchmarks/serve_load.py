@@ -12,8 +12,10 @@ request first. Clients are ``openai.AsyncOpenAI`` with ``stream=True`` and ``str
 TTFT is the time to the first content chunk, latency to the last; each client sends its requests one after the
 other, to agents in turn. Reported per level: requests/s, generated tokens/s, p50/p99 TTFT and latency, the
 server's peak resident memory during the level, and the prefix-cache hit rate (cached / prompt tokens); then
-ratios adapter / prompted at each (K, N), beside the limit from FLOPs per request (the prompt's attention and
-prefill removed, the LoRA matmuls added), and a PNG chart of throughput and p99 latency against N.
+ratios adapter / prompted at each (K, N), beside two limits: from FLOPs per request (the prompt's attention and
+prefill removed, the LoRA matmuls added) and from the bytes one decoding step reads (base weights once; each
+distinct prompt's cached keys and values once, as shared-prefix attention reads them, against each distinct
+adapter's matrices once), the bound on a CPU; and a PNG chart of throughput and p99 latency against N.
 """
 
 from __future__ import annotations
@@ -129,6 +131,22 @@ def flops_limit(config, prompt_tokens: float, user_tokens: float, out_tokens: fl
     return prompted / adapter
 
 
+def bytes_limit(config, weight_bytes: int, adapter_bytes: int, prompt_tokens: float, user_tokens: float,
+                out_tokens: float, agents: int, rows: int, arm: str = "adapter") -> float:
+    """Ideal throughput ratio ``arm`` / prompted-with-cached-prefix from the bytes one decoding step reads, the
+    bound of decoding on a CPU: both read the base weights once per step for all rows; the prompted arm reads each
+    distinct prompt's cached keys and values once for the rows that share it (the engine's shared-prefix
+    attention), the adapter arm each distinct adapter's matrices once; every row reads its own later positions.
+    ``rows`` is the rows decoding at once, ``agents`` the distinct agents among them."""
+    kv_token = config.num_hidden_layers * 2 * config.num_key_value_heads * (
+        config.hidden_size // config.num_attention_heads) * 4  # fp32 keys and values of one position
+    present = min(agents, rows)
+    own = rows * (user_tokens + out_tokens / 2) * kv_token
+    prompted = weight_bytes + present * (prompt_tokens - user_tokens) * kv_token + own
+    other = weight_bytes + own + (present * adapter_bytes if arm == "adapter" else 0)
+    return prompted / other
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--agents", type=int, nargs="+", default=[1, 4], help="K: distinct agents (default: 1 4)")
@@ -168,7 +186,11 @@ def main() -> None:
 
     with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
         lora_params = sum(f.get_slice(n).get_shape()[0] * f.get_slice(n).get_shape()[1] for n in f.keys())
-    config = load_model("default").config
+    base = load_model("default")
+    config = base.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in base.parameters())  # a tied embedding once
+    adapter_bytes = (adapter / "adapter_model.safetensors").stat().st_size
+    del base
     model_dir = str(default_model_dir())
     print(f"$ python benchmarks/serve_load.py {shlex.join(sys.argv[1:])}", flush=True)
     rows = []
@@ -176,7 +198,7 @@ def main() -> None:
         for k in args.agents:
             for arm, prefix in (("prompted", "p"), ("adapter", "a")):
                 models = [f"{prefix}{i}" for i in range(k)]
-                run_level(server, models, len(models), 1, 2)  # warm-up: one request per agent
+                run_level(server, models, len(models), 1, args.max_tokens)  # warm-up: one request per agent
                 for n in args.clients:
                     row = {"K": k, "N": n, "arm": arm, **run_level(server, models, n, args.requests_per_client,
                                                                       args.max_tokens)}
@@ -185,7 +207,7 @@ def main() -> None:
     if 1 in args.agents:
         with LocalServer(model_dir, log_path=work / "merged.log", startup_timeout=600,
                          flags=[*flags[:6], "--merge", "--adapter", f"m={adapter}"]) as server:
-            run_level(server, ["m"], 1, 1, 2)
+            run_level(server, ["m"], 1, 1, args.max_tokens)
             for n in args.clients:
                 row = {"K": 1, "N": n, "arm": "merged", **run_level(server, ["m"], n, args.requests_per_client,
                                                                    args.max_tokens)}
@@ -196,17 +218,24 @@ def main() -> None:
     out_tokens = sum(r["out_tokens"] for r in rows) / len(rows)
     limit = flops_limit(config, prompt_tokens, user_tokens, out_tokens, lora_params)
     print(f"\nratios adapter / prompted (throughput: higher is better; p99 latency: lower is better); "
-          f"FLOPs limit {limit:.2f}x ({prompt_tokens} prompt tokens, {user_tokens} without, {out_tokens:.1f} out)")
-    print("| K | N | tok/s adapter / prompted | of the limit | p99 latency adapter / prompted | merged / prompted tok/s (K=1) |")
-    print("|---|---|---|---|---|---|")
+          f"FLOPs limit {limit:.2f}x ({prompt_tokens} prompt tokens, {user_tokens} without, {out_tokens:.1f} out); "
+          f"bytes limit per level (weights {weight_bytes / 2**20:.0f} MB, adapter {adapter_bytes / 2**20:.1f} MB)")
+    print("| K | N | tok/s adapter / prompted | bytes limit | of it | of the FLOPs limit | p99 latency adapter / prompted "
+          "| merged / prompted tok/s (K=1) | merged bytes limit |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    limits = {}
     for k in args.agents:
         for n in args.clients:
             a, p, m = by[(k, n, "adapter")], by[(k, n, "prompted")], by.get((k, n, "merged"))
             ratio = a["tps"] / p["tps"]
-            merged = f"{m['tps'] / p['tps']:.2f}x" if m else ""
-            print(f"| {k} | {n} | {ratio:.2f}x | {ratio / limit:.0%} | {a['lat_p99'] / p['lat_p99']:.2f}x | {merged} |")
+            shape = (config, weight_bytes, adapter_bytes, prompt_tokens, user_tokens, out_tokens, k, min(n, args.rows))
+            limits[f"{k},{n}"] = bound = bytes_limit(*shape)
+            merged = f"{m['tps'] / p['tps']:.2f}x | {bytes_limit(*shape, arm='merged'):.2f}x" if m else " | "
+            print(f"| {k} | {n} | {ratio:.2f}x | {bound:.2f}x | {ratio / bound:.0%} | {ratio / limit:.0%} | "
+                  f"{a['lat_p99'] / p['lat_p99']:.2f}x | {merged} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"command": sys.argv[1:], "flops_limit": limit, "rows": rows}, indent=1))
+    args.json.write_text(json.dumps({"command": sys.argv[1:], "flops_limit": limit, "bytes_limit": limits,
+                                    "weight_bytes": weight_bytes, "adapter_bytes": adapter_bytes, "rows": rows}, indent=1))
     chart(rows, args.agents, args.chart)
     print(f"\nwrote {args.json} and {args.chart}")
 
