@@ -1,6 +1,6 @@
 """Quick start: internalize the bash agent's prompt into the tiny default model, then prove it side by side.
 
-    genpi run recipes/quickstart.py            # about 12 minutes on 2 CPU cores (see below)
+    genpi run recipes/quickstart.py            # 23 minutes on 2 shared CPU cores (see below)
     python recipes/quickstart.py               # the same
     genpi run recipes/quickstart.py --smoke    # the CI size: a few minutes, same steps, smaller numbers
 
@@ -9,8 +9,8 @@ inputs (8 real ones from examples/bash_agent.heldout.txt, the rest proposed with
 from the training inputs) on the embedded server, trains an adapter with `genpi train`'s default strategy (GenPI
 plus the KL term to the prompted teacher) and a GenPI baseline without that term, and evaluates both against the
 base model with and without the prompt. Everything goes under runs/quickstart/ (or --out); rerunning
-resumes every step. docs/RESULTS.md measured 9 minutes when the adapters trained 18 steps (3 epochs of 11 records);
-the default --min-steps 40 makes it 7 epochs, 42 steps: about 3 minutes more (estimated).
+resumes every step. Measured 22 min 40 s at commit 1d01cc0 with one torch thread while a CI run shared the 2 cores
+(docs/results/quickstart_printed.log).
 """
 
 from __future__ import annotations

@@ -233,8 +233,8 @@ def test_rows_of_different_adapters_batch_together_and_each_equals_its_merged_mo
 
 
 def test_mixed_rows_of_adapters_of_different_ranks_each_get_their_own_update(tmp_path):
-    """Stacked per-row LoRA (ranks 2 and 4 zero-padded into one stack, an adapter that skips a layer, rows
-    without an adapter): every row's output equals the base layer plus its own adapter's dense update."""
+    """Per-row LoRA with adapters of ranks 2 and 4, one of which skips a layer, and a row without an adapter:
+    every row's output equals the base layer plus its own adapter's dense update."""
     import json
 
     import torch
@@ -278,7 +278,7 @@ def test_mixed_rows_of_adapters_of_different_ranks_each_get_their_own_update(tmp
             h = model.up(x[i]) + update("up", x[i])
             want = model.down(h) + update("down", h)
             assert torch.allclose(got[i], want, atol=1e-5), name
-        with lora.rows(["b", "b"]):  # one adapter for every row: the ungathered path
+        with lora.rows(["b", "b"]):  # one adapter for every row
             both = model(x[:2])
         assert torch.allclose(both[1], got[1], atol=1e-5)
         assert torch.allclose(model(x), model.down(model.up(x)))  # outside the block: the base model
