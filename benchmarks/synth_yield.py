@@ -3,10 +3,10 @@
     python benchmarks/synth_yield.py --json docs/results/synth_yield.json     # the six prompts of docs/RESULTS.md
     python benchmarks/synth_yield.py --only bash_agent --inputs 8             # one of them, smaller
 
-Each prompt runs ``genpi synth`` on the embedded default model with its protocol checker (``--checker``) and no seed
-inputs (the quick start's row keeps its seeds), at the settings below. The table gives, per prompt, the share of
+Each prompt runs ``genpi synth`` on the embedded default model with its protocol checker (``--checker``; not with
+``--no-checker``) and no seed inputs (the quick start's row keeps its seeds), at the settings below. The table gives, per prompt, the share of
 screened proposals that passed the reply screen, trainable records / requested, the finishes (end / max_turns /
-truncated / empty / error), agent turns kept / generated, regenerated turns and seconds per trainable record, as
+repeat / off_role / truncated / empty / error), agent turns kept / generated, regenerated turns and seconds per trainable record, as
 run.json counts them (``counts.yield``). The accepted inputs are kept in the JSON for hand labelling.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 from rich.table import Table
 
 from genpi.progress import make_console
+from genpi.synth.pipeline import FINISHES
 
 ROOT = Path(__file__).resolve().parent.parent
 # name: (prompt, checker, seed inputs)
@@ -39,8 +40,8 @@ PROMPTS = {
 
 def run(name: str, out: Path, args) -> dict:
     prompt, checker, seeds = PROMPTS[name]
-    cmd = [sys.executable, "-m", "genpi", "synth", "--prompt", prompt, "--out", str(out), "--checker", checker,
-           "--num-inputs", str(args.inputs), "--max-turns", str(args.max_turns), "--max-new-tokens",
+    cmd = [sys.executable, "-m", "genpi", "synth", "--prompt", prompt, "--out", str(out),
+           *([] if args.no_checker else ["--checker", checker]), "--num-inputs", str(args.inputs), "--max-turns", str(args.max_turns), "--max-new-tokens",
            str(args.max_new_tokens), "--concurrency", "16", "--seed", "0", "--input-sampler", args.sampler]
     if seeds:
         cmd += ["--seed-inputs", seeds]
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-turns", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--sampler", default="roleswap", choices=["roleswap", "magpie", "both"])
+    ap.add_argument("--no-checker", action="store_true",
+                    help="as the README's defaults: the reply screen asks only for a whole reply, not a passing one")
     ap.add_argument("--json", default="", help="also write the results, accepted inputs included, to this file")
     ap.add_argument("--work", default="", help="keep the run directories here (default: a temporary directory); "
                                                "rerunning with the same --work resumes them")
@@ -78,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.json).write_text(json.dumps({"settings": vars(args), "results": results}, indent=2,
                                                       ensure_ascii=False) + "\n")
     table = Table(title=f"synthesis yield ({args.inputs} records requested, --max-turns {args.max_turns}, "
-                        f"--max-new-tokens {args.max_new_tokens}, --input-sampler {args.sampler})")
-    for col in ("prompt", "reply screen passed", "trainable / requested", "end / max_turns / truncated / empty / error",
+                        f"--max-new-tokens {args.max_new_tokens}, --input-sampler {args.sampler}"
+                        f"{', no --checker' if args.no_checker else ''})")
+    for col in ("prompt", "reply screen passed", "trainable / requested", " / ".join(FINISHES),
                 "agent turns kept / generated", "regenerated", "s per trainable"):
         table.add_column(col)
     for r in results:
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(r["prompt"], f"{y['inputs_passing_reply_screen']} / {screened}"
                       + (f" ({y['inputs_passing_reply_screen'] / screened:.0%})" if screened else ""),
                       f"{n['trainable']} / {args.inputs} ({y['trainable_share']:.0%})",
-                      " / ".join(str(f[k]) for k in ("end", "max_turns", "truncated", "empty", "error")),
+                      " / ".join(str(f.get(k, 0)) for k in FINISHES),
                       f"{n['agent_turns']} / {y['agent_turns_generated']}", str(n["regenerated_agent_turns"]),
                       f"{y['seconds_per_trainable_record']}")
     console.print(table)

@@ -82,6 +82,21 @@ class Screen:
         return ""
 
 
+def leaves_user_role(reply: str, dialogue: list[dict]) -> str:
+    """Why the model playing the user (a plain prompt's other side) has left its role in ``reply``, or "": it talks
+    as an assistant or in the agent's voice, or repeats a turn of the dialogue so far (the two sides then echo each
+    other until ``max_turns``, which teaches the agent nothing)."""
+    t = reply.strip()
+    if _ASSISTANT.search(t):
+        return "assistant talk"
+    if _AGENT_VOICE.match(t):
+        return "the agent's voice"
+    seen = Deduplicator()
+    for m in dialogue:
+        seen.add(m["content"])
+    return "repeats the dialogue" if seen.is_duplicate(t) else ""
+
+
 def pick_examples(gold: list[str], accepted: list[str], call: int, seed: int, k: int = 4) -> list[str]:
     """The requests shown for one call: up to ``k``, from the demonstrated tasks and seed inputs (``gold``) and the
     inputs accepted so far, chosen by a seeded generator so that calls differ."""

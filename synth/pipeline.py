@@ -11,7 +11,10 @@ turn, which kind answered ("sandbox" or "simulated").
 
 A dialogue ends when the task ends (an agent turn matches the end pattern, or the environment writes the end
 marker), after ``max_turns`` agent turns, or before an agent turn that cannot be trained on: one cut off by
-``max_new_tokens`` or empty is dropped (kept in ``meta.dropped``) with everything after it.
+``max_new_tokens`` or empty (``truncated``, ``empty``), or one that repeats an earlier agent turn of the dialogue
+(``repeat``: a loop), is dropped (kept in ``meta.dropped``) with everything after it. For a plain prompt, whose
+other side plays the user, a reply that leaves the user's role (assistant talk, the agent's voice, a repeat of a
+turn so far) ends it too (``off_role``, the reason in ``meta.off_role``): the echo it would start teaches nothing.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from genpi.prompt import AgentPrompt, load_prompt
 from genpi.synth import episodes, roles
 from genpi.synth.client import ChatClient, ChatResult, OpenAIChatClient, public_url
 from genpi.synth.diversity import diversity
-from genpi.synth.inputs import gather_inputs, rejection_counts
+from genpi.synth.dedup import normalize
+from genpi.synth.inputs import gather_inputs, leaves_user_role, rejection_counts
 from genpi.synth.store import RunInfo, RunStore, stable_id
 
-FINISHES = ("end", "max_turns", "truncated", "empty", "error")
+FINISHES = ("end", "max_turns", "repeat", "off_role", "truncated", "empty", "error")
 
 
 @dataclass
@@ -88,6 +92,15 @@ class Synthesizer:
     env_opener: str = ""  # how the prompt's environment replies begin (see genpi.synth.episodes.environment_openers)
     checker: Callable[[str], tuple] | None = None  # --checker, loaded: the first reply to a proposed input must pass it
     first_replies: dict = field(default_factory=dict)  # input -> the screened first reply ({text, finish_reason, regenerated})
+    demonstrated: bool = False  # the prompt has demonstration episodes (else the other side plays the user)
+
+    def closing_example(self, user_input: str) -> tuple[str, str] | None:
+        """For a plain prompt's user view: the run's first other input with a whole screened reply, and that reply."""
+        for text, reply in self.first_replies.items():
+            answer = reply.get("text", "").replace(self.config.end_marker, "").strip()
+            if text != user_input and answer and reply.get("finish_reason") != "length":
+                return text, answer
+        return None
 
     def _seed(self, *parts) -> int:
         return int(stable_id(self.config.seed, *parts), 16) % (2**31)
@@ -233,6 +246,10 @@ class Synthesizer:
                 reason = "truncated" if r.finish_reason == "length" else "empty"
                 meta["dropped"].append({"turn": turn, "reason": reason, "text": r.text})
                 return reason
+            if any(normalize(text) == normalize(m["content"]) for m in dialogue[1::2]):
+                # The agent writes a turn of its own again: a loop, which would teach the student to loop.
+                meta["dropped"].append({"turn": turn, "reason": "repeat", "text": r.text})
+                return "repeat"
             dialogue.append({"role": "assistant", "content": text})
             if turn == 0 and after_first_turn:
                 after_first_turn(text)
@@ -248,13 +265,19 @@ class Synthesizer:
                 meta["env"].append("sandbox")
                 dialogue.append({"role": "user", "content": reply_text(action, self.env_opener, c.env_output_chars)})
                 continue
-            env = roles.environment_messages(self.prompt, dialogue, c.end_marker)
+            plays_user = not self.demonstrated
+            env = roles.environment_messages(self.prompt, dialogue, c.end_marker,
+                                             self.closing_example(rec["input"]) if plays_user else None)
             raw = self._chat(env, self.models.env, c.env_temperature, rec["id"], "env", turn, stop=self.stops["env"]).text
             meta["env_raw"].append(raw)
             meta["env"].append("simulated")
             reply = raw.replace(c.end_marker, "").strip()
             if c.end_marker in raw or not reply:
                 return "end"
+            slip = leaves_user_role(reply, dialogue) if plays_user else ""
+            if slip:  # the dialogue so far is kept; the slipped reply only in meta.env_raw
+                meta["off_role"] = {"turn": turn, "reason": slip}
+                return "off_role"
             dialogue.append({"role": "user", "content": reply})
         return "max_turns"
 
@@ -355,7 +378,7 @@ def summary_table(n: dict, requested: int, new: int, usage: Usage, elapsed: floa
     if not inputs_only:
         table.add_row("records", f"{n['records']} / {requested} ({new} new)")
         table.add_row("trainable records / requested", f"{n['trainable']} / {requested} ({y['trainable_share']:.0%})")
-        table.add_row("finish: end / max_turns / truncated / empty / error", " / ".join(str(n["finish"].get(k, 0)) for k in FINISHES))
+        table.add_row(f"finish: {' / '.join(FINISHES)}", " / ".join(str(n["finish"].get(k, 0)) for k in FINISHES))
         dropped = n["dropped_agent_turns"]
         table.add_row("agent turns kept / generated", f"{n['agent_turns']} / {y['agent_turns_generated']}"
                       + (f" (dropped: {', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else ""))
@@ -520,7 +543,8 @@ def synthesize(config: SynthConfig, client: ChatClient | None = None, console=No
                                       retries=config.retries)
         models = Roles(agent=served, env=config.env_model or served, synth=config.synth_model or served)
         syn = Synthesizer(prompt, config, client, models, end_pattern=end_pattern, stops=episodes.stop_strings(prompt),
-                          sandbox_backend=backend, env_opener=episodes.environment_opener(prompt), checker=checker)
+                          sandbox_backend=backend, env_opener=episodes.environment_opener(prompt), checker=checker,
+                          demonstrated=bool(episodes.episodes(prompt)))
         info = dataclasses.replace(
             info, genpi_version=__version__, prompt_path=str(config.prompt), prompt_hash=prompt.hash,
             prompt=prompt.to_dict(), endpoint=endpoint, models=asdict(models), end_pattern=end_pattern,

@@ -11,8 +11,10 @@ small model continues a pattern instead of following instructions about one.
 * **Environment**: for a transcript prompt, the first demonstration episode is replayed with the roles inverted
   (the user/OS turns become its own) and closed by the end marker; the later episodes' environment replies are
   shown in its system message, without the turns that open their tasks, so that it never learns to start a new
-  task. For a plain system prompt it is told to act as the user this agent serves. The agent's message reaches
-  it verbatim, as its user turn.
+  task. For a plain system prompt it is told to act as the user this agent serves, and, when the run has one, it
+  replays an exchange of another dialogue of the run (a request, the prompted agent's reply to it) that it closes
+  with the end marker: the pattern of a user who stops once answered, which a small model continues where it
+  would not follow the instruction alone. The agent's message reaches it verbatim, as its user turn.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from genpi.synth import episodes as episodes_
 
 _INVERT = {"user": "assistant", "assistant": "user"}
 NEXT_REQUEST = "Next request?"
+CLOSING_VIEW = "a plain prompt's user view replays a closed exchange"  # in the signature: such runs never mix with older ones
 
 
 @cache
@@ -37,7 +40,7 @@ def templates_signature() -> str:
     """Changes when any template's text changes, so a resume never mixes outputs of two template versions."""
     from genpi.synth.store import stable_id
 
-    return stable_id(*(template(n) for n in ("user", "reason", "environment")), NEXT_REQUEST)
+    return stable_id(*(template(n) for n in ("user", "reason", "environment")), NEXT_REQUEST, CLOSING_VIEW)
 
 
 def describe(prompt: AgentPrompt, max_words: int = 60) -> str:
@@ -89,8 +92,10 @@ def _later_replies(prompt: AgentPrompt) -> str:
     return "\n\n".join(lines)
 
 
-def environment_messages(prompt: AgentPrompt, dialogue: list[dict], end_marker: str) -> list[dict]:
-    """The other side's view: role-play instructions, the inverted first episode, then the dialogue inverted."""
+def environment_messages(prompt: AgentPrompt, dialogue: list[dict], end_marker: str,
+                         closing: tuple[str, str] | None = None) -> list[dict]:
+    """The other side's view: role-play instructions, the inverted first episode (for a plain prompt: the
+    ``closing`` exchange, a request and the agent's reply, then the end marker), then the dialogue inverted."""
     eps = episodes_.episodes(prompt)
     replayed: list[dict] = []
     if eps:
@@ -110,6 +115,10 @@ def environment_messages(prompt: AgentPrompt, dialogue: list[dict], end_marker: 
         other = "the user"
         how = "reply as this user would, in one or two sentences, following up on the agent's last message."
         block = f"\nThe agent works under this prompt, between <prompt> tags:\n\n<prompt>\n{prompt.text}\n</prompt>"
+        if closing:
+            request, reply = closing
+            replayed = [{"role": "assistant", "content": request}, {"role": "user", "content": reply},
+                        {"role": "assistant", "content": end_marker}]
     system = template("environment").format(other=other, how=how, end_marker=end_marker, prompt_block=block)
     messages = [{"role": "system", "content": system}, *replayed]
     first = prompt.teacher_messages(dialogue[0]["content"])[-1]["content"]  # the user side wrote the lead-in too

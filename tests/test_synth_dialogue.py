@@ -50,7 +50,7 @@ def _demo_turns(messages) -> int:
 
 
 def cfg(tmp_path, **kw):
-    return SynthConfig(prompt=BASH, out=str(tmp_path / "run"), **{"num_inputs": 3, "max_turns": 4, "concurrency": 2, **kw})
+    return SynthConfig(out=str(tmp_path / "run"), **{"prompt": BASH, "num_inputs": 3, "max_turns": 4, "concurrency": 2, **kw})
 
 
 BASH_STEP = ("Think: look.\nAct: bash\n```bash\nls /tmp\n```", "stop")
@@ -68,8 +68,11 @@ def test_the_derived_end_pattern_ends_the_dialogue_without_asking_the_environmen
     assert info["end_pattern"] and info["counts"]["finish"]["end"] == 3
 
 
+BASH_STEP_2 = ("Think: count them.\nAct: bash\n```bash\nls /tmp | wc -l\n```", "stop")
+
+
 def test_end_pattern_none_and_a_custom_pattern(tmp_path):
-    script = [BASH_STEP, ("Think: done.\nAct: answer(3)", "stop")]
+    script = [BASH_STEP, BASH_STEP_2, ("Think: done.\nAct: answer(3)", "stop")]
     records = read_records(synthesize(cfg(tmp_path / "a", end_pattern="none", max_turns=3), client=ScriptedAgent(script)))
     assert all(r["finish"] == "max_turns" for r in records)
     records = read_records(synthesize(cfg(tmp_path / "b", end_pattern=r"^```$"), client=ScriptedAgent(script)))  # the fence line
@@ -270,3 +273,74 @@ def test_a_resumed_run_takes_the_first_turn_from_the_stored_screened_reply(tmp_p
                         and sum(m["role"] == "assistant" for m in c["messages"]) == _demo_turns(c["messages"])]
     assert first_turn_calls == [] and not any(_role(c["messages"]) == "input" for c in fake.calls)
     assert len(records) == 3 and all(r["to_be"] == BASH_STEP[0] and r["finish"] == "end" for r in records)
+
+
+def test_an_agent_turn_that_repeats_an_earlier_one_is_dropped_and_ends_the_dialogue(tmp_path):
+    records = read_records(synthesize(cfg(tmp_path), client=ScriptedAgent([BASH_STEP, BASH_STEP_2, BASH_STEP])))
+    for r in records:
+        assert r["finish"] == "repeat"
+        assert [m["content"] for m in r["dialogue"][1::2]] == [BASH_STEP[0], BASH_STEP_2[0]]
+        assert r["meta"]["dropped"] == [{"turn": 2, "reason": "repeat", "text": BASH_STEP[0]}]
+    counts = json.loads((tmp_path / "run" / "run.json").read_text())["counts"]
+    assert counts["finish"]["repeat"] == 3 and counts["trainable"] == 3
+
+
+class PlainUser(FakeChatClient):
+    """A plain prompt's other side: the user writes ``replies[k]`` after agent turn k; agent turns differ by turn."""
+
+    def __init__(self, replies, **kw):
+        super().__init__(**kw)
+        self.replies = replies
+
+    def chat(self, messages, *, model, temperature, max_tokens, seed=None, stop=None, **kw):
+        r = super().chat(messages, model=model, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop, **kw)
+        if _role(messages) == "env":
+            closing = 3 if messages[3]["content"] == "<END>" else 0  # the replayed exchange, when there is one
+            turn = sum(m["role"] == "user" for m in messages[1 + closing:]) - 1
+            return ChatResult(self.replies[min(turn, len(self.replies) - 1)], finish_reason="stop")
+        if _role(messages) == "agent":
+            turn = sum(m["role"] == "assistant" for m in messages)
+            return ChatResult(f"Reply {turn}: open Settings, then Sync.", finish_reason="stop")
+        return r
+
+
+def plain(tmp_path):
+    p = tmp_path / "persona.txt"
+    p.write_text("You are Milo, the support assistant of a note-taking app. Answer briefly and kindly.")
+    return str(p)
+
+
+@pytest.mark.parametrize("reply,reason", [
+    ("I'm sorry for any confusion, but as a support assistant I cannot help with printing.", "the agent's voice"),
+    ("How can I help you today?", "assistant talk"),
+    ("Reply 0: open Settings, then Sync.", "repeats the dialogue"),
+])
+def test_a_plain_prompts_user_side_that_leaves_its_role_ends_the_dialogue(tmp_path, reply, reason):
+    records = read_records(synthesize(cfg(tmp_path, prompt=plain(tmp_path)), client=PlainUser([reply])))
+    for r in records:
+        assert r["finish"] == "off_role" and r["meta"]["off_role"] == {"turn": 0, "reason": reason}
+        assert [m["role"] for m in r["dialogue"]] == ["user", "assistant"]  # the slipped reply is not a user turn
+        assert r["meta"]["env_raw"] == [reply]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["counts"]["finish"]["off_role"] == 3
+
+
+def test_a_plain_prompts_user_side_that_stays_in_role_goes_on(tmp_path):
+    records = read_records(synthesize(cfg(tmp_path, prompt=plain(tmp_path), max_turns=2),
+                                      client=PlainUser(["It still shows the old note on my phone."])))
+    assert all(r["finish"] == "max_turns" and len(r["dialogue"]) == 4 for r in records)
+
+
+def test_a_plain_prompts_user_view_replays_another_inputs_exchange_closed_by_the_end_marker(tmp_path):
+    fake = PlainUser(["Thanks, that fixed it."])
+    records = read_records(synthesize(cfg(tmp_path, prompt=plain(tmp_path)), client=fake))
+    first = {r["input"]: r["dialogue"][1]["content"] for r in records}
+    views = [c["messages"] for c in fake.calls if _role(c["messages"]) == "env"]
+    assert views
+    for view in views:
+        request, reply, marker = view[1:4]
+        assert (request["role"], reply["role"], marker) == ("assistant", "user", {"role": "assistant", "content": "<END>"})
+        assert request["content"] != view[4]["content"]  # another input than the dialogue's own
+        assert first[request["content"]] == reply["content"]  # its screened first reply, which its record starts with
+    bash = ScriptedAgent([BASH_STEP, BASH_STEP_2])  # a transcript prompt replays its own demonstration instead
+    synthesize(cfg(tmp_path / "bash", max_turns=2), client=bash)
+    assert not any(m["content"] in first for c in bash.calls if _role(c["messages"]) == "env" for m in c["messages"])
