@@ -1,16 +1,18 @@
-"""Proof: without its prompt, the GenPI adapter keeps each example agent's protocol, on held-out inputs.
+"""Proof: without its prompt, the default adapter acts like the prompted example agent, on held-out inputs.
 
-    genpi run recipes/proof.py                    # both examples, about 20 minutes on 2 CPU cores (docs/RESULTS.md)
+    genpi run recipes/proof.py                    # both examples, about an hour on 2 CPU cores (docs/RESULTS.md)
     genpi run recipes/proof.py --agent bash       # one of them
     genpi run recipes/proof.py --smoke            # the CI size: same steps, smaller numbers
 
 For each example agent: synthesize training dialogues on the embedded server (the bash agent from its prompt
 alone, with no seed inputs; the support agent from its seed inputs and its prompt), synthesize held-out inputs
-(another seed, checked disjoint from the training inputs), train a GenPI adapter, and evaluate it against the
-base model with the prompt (upper bound) and without it (lower bound): protocol compliance with the example's own
-checker, its recovery ratio with a 95% bootstrap interval, ROUGE-L to the prompted replies, and cost. Everything
-goes under runs/proof/AGENT/; rerunning resumes every step. (docs/RESULTS.md measured 18 minutes; the support
-agent's 10 records then trained 15 steps, now 40 by --min-steps: about 2 minutes more, estimated.)
+(another seed, checked disjoint from the training inputs), train an adapter with `genpi train`'s defaults (strategy
+genpi_kl), and evaluate it against the base model with the prompt (upper bound) and without it (lower bound) and
+the constant and minimal replies: teacher fidelity (KL, token agreement), action agreement, protocol compliance
+with the example's own checker, recovery ratios with 95% bootstrap intervals, and cost. Everything goes under
+runs/proof/AGENT/ (the adapter in runs/proof/AGENT/STRATEGY); rerunning resumes every step. docs/RESULTS.md
+measured 63 minutes at commit 1d01cc0, a quarter of it the support agent's held-out screen (a proposal is kept
+only if the teacher's reply passes the schema).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                                        exclude_run=out / "train", checker=agent["checker"]))
 
         # --- train
-        adapter = train_resumably(dataclasses.replace(tcfg, data=out / "train", out=out / "genpi"))
+        adapter = train_resumably(dataclasses.replace(tcfg, data=out / "train", out=out / tcfg.strategy))
 
         # --- evaluate
         reports[name] = evaluate(dataclasses.replace(ecfg, prompt=agent["prompt"], inputs=out / "heldout",

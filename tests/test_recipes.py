@@ -5,9 +5,11 @@ import json
 import pytest
 
 from genpi.cli import main
+from genpi.config import TrainConfig
 
 pytestmark = pytest.mark.integration
 
+DEFAULT = TrainConfig().strategy
 QUALITY = ("rouge_l", "exact_match", "protocol", "prompt_reconstruction")
 
 
@@ -69,11 +71,13 @@ def test_fidelity_smoke_prints_the_ablation_and_the_scaling_chart(tmp_path, smol
 def test_proof_smoke_reports_protocol_recovery_for_both_agents(tmp_path, smol_path):
     out = tmp_path / "proof"
     assert main(["run", "recipes/proof.py", "--smoke", "--out", str(out)]) == 0
+    adapter = f"{DEFAULT}:{DEFAULT}"  # genpi train's default strategy, in a directory named after it
     for agent in ("bash", "support"):
         report = json.loads((out / agent / "report" / "report.json").read_text())
-        assert list(report["systems"]) == ["prompted", "unprompted", "genpi:genpi"]
-        assert "protocol" in report["systems"]["genpi:genpi"]["metrics"]
-        assert "protocol" in report["recovery"]["genpi:genpi"]
+        assert list(report["systems"])[:3] == ["prompted", "unprompted", adapter]
+        assert {s["kind"] for s in list(report["systems"].values())[3:]} == {"constant"}  # the constant, the minimal
+        assert {"protocol", "teacher_kl", "token_agreement", "action"} <= set(report["systems"][adapter]["metrics"])
+        assert {"protocol", "teacher_kl", "token_agreement"} <= set(report["recovery"][adapter])
 
 
 @pytest.mark.slow  # two syntheses, two trainings, a task evaluation (about 3.5 minutes)
@@ -81,7 +85,9 @@ def test_tasks_smoke_compares_simulated_and_sandboxed_dialogues_by_task_success(
     out = tmp_path / "tasks"
     assert main(["run", "recipes/tasks.py", "--smoke", "--out", str(out)]) == 0
     report = json.loads((out / "report" / "report.json").read_text())
-    assert list(report["systems"]) == ["prompted", "unprompted", "genpi:genpi-simulated", "genpi:genpi-sandbox"]
+    adapters = [n for n, s in report["systems"].items() if s["kind"] == "adapter"]
+    assert list(report["systems"])[:2] == ["prompted", "unprompted"]
+    assert adapters == [f"{DEFAULT}:genpi-simulated", f"{DEFAULT}:genpi-sandbox"]
     assert all("task_success" in s["metrics"] for s in report["systems"].values())
     grounded = json.loads((out / "train-sandbox" / "run.json").read_text())
     assert grounded["config"]["env"] == "sandbox"
