@@ -95,11 +95,11 @@ class Synthesizer:
     demonstrated: bool = False  # the prompt has demonstration episodes (else the other side plays the user)
 
     def closing_example(self, user_input: str) -> tuple[str, str] | None:
-        """For a plain prompt's user view: the run's first other input with a whole screened reply, and that reply."""
+        """For a plain prompt's user view: the run's first other screened input and its first reply (whole and not
+        empty, or the screen would have rejected the input)."""
         for text, reply in self.first_replies.items():
-            answer = reply.get("text", "").replace(self.config.end_marker, "").strip()
-            if text != user_input and answer and reply.get("finish_reason") != "length":
-                return text, answer
+            if text != user_input:
+                return text, reply["text"].replace(self.config.end_marker, "").strip()
         return None
 
     def _seed(self, *parts) -> int:
